@@ -1,0 +1,33 @@
+/* dreambooth command-line tool: shared helpers. SPDX-License-Identifier: GPL-3.0-or-later */
+#ifndef DB_CLI_H
+#define DB_CLI_H
+
+#include <glib.h>
+
+#include "dreambooth.h"
+
+/* Exit codes: 0 ok, 1 failure reported on one line, 2 usage error. */
+#define CLI_EXIT_FAIL 1
+#define CLI_EXIT_USAGE 2
+
+/* Options every model-using command takes. */
+typedef struct {
+    char *tokenizer;
+    char *prediction;
+    int threads;
+} CliModelOptions;
+
+void cli_add_model_options(GOptionContext *ctx, CliModelOptions *o);
+/* Applies --threads and opens the model; prints the one-line error and returns NULL on failure. */
+DbModel *cli_open_model(const char *path, const CliModelOptions *o);
+/* Prints "dreambooth: <msg>" on stderr. */
+void cli_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+/* Parses argv with ctx; on error prints one line and returns 0. */
+int cli_parse(GOptionContext *ctx, int *argc, char ***argv);
+
+int cli_info(int argc, char **argv);
+int cli_tokenize(int argc, char **argv);
+int cli_forward(int argc, char **argv);
+int cli_init(int argc, char **argv);
+
+#endif

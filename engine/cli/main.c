@@ -1,0 +1,113 @@
+/* dreambooth: command-line front end of libdreambooth.
+ * SPDX-License-Identifier: GPL-3.0-or-later */
+#include <locale.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "cli.h"
+
+typedef struct {
+    const char *name;
+    int (*run)(int argc, char **argv);
+    const char *summary;
+} CliCommand;
+
+static const CliCommand commands[] = {
+    {"info", cli_info, "MODEL: family, layout, dtype, parameter counts, prediction type, tokenizer"},
+    {"tokenize", cli_tokenize, "MODEL PROMPT...: print 77 token ids per prompt"},
+    {"forward", cli_forward, "MODEL --net NET --in IN.safetensors --out OUT.safetensors: run one network"},
+    {"init-model", cli_init, "--arch ARCH --out PATH: write a random-weight model (tests, demos)"},
+};
+
+void cli_error(const char *fmt, ...)
+{
+    char buf[2048];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(buf, sizeof buf, fmt, ap);
+    va_end(ap);
+    for (char *p = buf; *p; p++)
+        if (*p == '\n' || *p == '\r') *p = ' ';
+    fprintf(stderr, "dreambooth: %s\n", buf);
+}
+
+int cli_parse(GOptionContext *ctx, int *argc, char ***argv)
+{
+    GError *gerr = NULL;
+    if (!g_option_context_parse(ctx, argc, argv, &gerr)) {
+        cli_error("%s (see --help)", gerr->message);
+        g_error_free(gerr);
+        return 0;
+    }
+    return 1;
+}
+
+void cli_add_model_options(GOptionContext *ctx, CliModelOptions *o)
+{
+    GOptionEntry entries[] = {
+        {"tokenizer", 0, 0, G_OPTION_ARG_FILENAME, &o->tokenizer,
+         "Tokenizer: a folder with vocab.json and merges.txt, or bpe_simple_vocab_16e6.txt.gz", "PATH"},
+        {"prediction", 0, 0, G_OPTION_ARG_STRING, &o->prediction,
+         "Override the prediction type: eps or v", "eps|v"},
+        {"threads", 0, 0, G_OPTION_ARG_INT, &o->threads, "Threads (default: all cores)", "N"},
+        G_OPTION_ENTRY_NULL};
+    g_option_context_add_main_entries(ctx, entries, NULL);
+}
+
+DbModel *cli_open_model(const char *path, const CliModelOptions *o)
+{
+    DbError err;
+    db_error_clear(&err);
+    if (o->threads != 0 && db_set_threads(o->threads, &err) != DB_OK) {
+        cli_error("--threads: %s", err.msg);
+        return NULL;
+    }
+    DbModelOptions mo = {0};
+    mo.tokenizer = o->tokenizer;
+    if (o->prediction) {
+        if (!strcmp(o->prediction, "eps") || !strcmp(o->prediction, "epsilon"))
+            mo.prediction = DB_PRED_EPS;
+        else if (!strcmp(o->prediction, "v") || !strcmp(o->prediction, "v_prediction"))
+            mo.prediction = DB_PRED_V;
+        else {
+            cli_error("--prediction: expected eps or v, got '%s'", o->prediction);
+            return NULL;
+        }
+    }
+    DbModel *m = NULL;
+    if (db_model_open(&m, path, &mo, &err) != DB_OK) {
+        cli_error("%s", err.msg);
+        return NULL;
+    }
+    return m;
+}
+
+static void usage(FILE *f)
+{
+    fprintf(f, "Usage: dreambooth COMMAND [OPTIONS...]\n\nCommands:\n");
+    for (size_t i = 0; i < G_N_ELEMENTS(commands); i++)
+        fprintf(f, "  %-10s %s\n", commands[i].name, commands[i].summary);
+    fprintf(f, "\n'dreambooth COMMAND --help' describes a command's options.\n");
+}
+
+int main(int argc, char **argv)
+{
+    setlocale(LC_ALL, "");
+    /* A file-size limit must give EFBIG from write(), reported as an error, not kill us. */
+    signal(SIGXFSZ, SIG_IGN);
+    if (argc < 2) {
+        usage(stderr);
+        return CLI_EXIT_USAGE;
+    }
+    if (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") || !strcmp(argv[1], "help")) {
+        usage(stdout);
+        return 0;
+    }
+    for (size_t i = 0; i < G_N_ELEMENTS(commands); i++)
+        if (!strcmp(argv[1], commands[i].name))
+            return commands[i].run(argc - 1, argv + 1);
+    cli_error("unknown command '%s' (commands: info, tokenize, forward, init-model)", argv[1]);
+    return CLI_EXIT_USAGE;
+}

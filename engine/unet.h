@@ -1,0 +1,159 @@
+/* UNet2DConditionModel (diffusers, SD 1.x/2.x subset): parameters, activations, forward.
+ *
+ * Layout: activations NCHW [B, C, H, W] between blocks; inside a Transformer2DModel tokens
+ * [B, H*W, C]. Weights: 1-D parameters (norms, biases) are widened to f32 once per state;
+ * matrices and conv kernels stay in the mapped file (F32/F16/BF16) and are widened per
+ * layer, on use, into ONE scratch sized to the largest of them (weights.h).
+ *
+ * Every block forward (unet_resnet_forward, unet_transformer_forward, ...) is callable on
+ * its own with a work buffer sized by its *_work_size function, so that a backward with
+ * per-block checkpointing can recompute a block and mirror it.
+ * SPDX-License-Identifier: GPL-3.0-or-later */
+#ifndef DB_UNET_H
+#define DB_UNET_H
+
+#include "model.h"
+
+#define UNET_MAX_LAYERS 16 /* layers_per_block (config range); up blocks have one more */
+
+/* A linear layer or a conv: weight [OC, IC] or [OC, IC, K, K] as in the file (widened on
+ * use); bias [OC] f32 (NULL: none). w == NULL: the layer is absent (identity shortcut). */
+typedef struct {
+    const DbWeight *w;
+    const float *b;
+} UnetLin;
+
+/* GroupNorm / LayerNorm affine parameters gamma, beta [C] (f32). */
+typedef struct {
+    const float *w, *b;
+} UnetNorm;
+
+/* diffusers ResnetBlock2D (time_embedding_norm "default", output_scale_factor 1). */
+typedef struct {
+    int cin, cout;
+    UnetNorm norm1, norm2;
+    UnetLin conv1, time_emb_proj, conv2, conv_shortcut; /* conv_shortcut.w NULL: cin == cout */
+} UnetResnet;
+
+/* diffusers Transformer2DModel (one BasicTransformerBlock). proj_in/proj_out: 1x1 conv
+ * [C, C, 1, 1] (SD1) or Linear [C, C] (SD2): the same map on tokens. */
+typedef struct {
+    int c, heads;
+    UnetNorm norm; /* GroupNorm, eps 1e-6 */
+    UnetLin proj_in;
+    UnetNorm norm1, norm2, norm3; /* LayerNorm, eps 1e-5 */
+    UnetLin q1, k1, v1, o1;       /* self-attention (no q/k/v bias) */
+    UnetLin q2, k2, v2, o2;       /* cross-attention to the context */
+    UnetLin ff_in, ff_out;        /* GEGLU proj [8C, C], Linear [C, 4C] */
+    UnetLin proj_out;
+} UnetTransformer;
+
+typedef struct {
+    int has_attn, has_down;
+    UnetResnet res[UNET_MAX_LAYERS];
+    UnetTransformer attn[UNET_MAX_LAYERS];
+    UnetLin down; /* Downsample2D conv 3x3 stride 2 pad 1 */
+} UnetDownBlock;
+
+typedef struct {
+    int has_attn, has_up;
+    UnetResnet res[UNET_MAX_LAYERS + 1];
+    UnetTransformer attn[UNET_MAX_LAYERS + 1];
+    UnetLin up; /* Upsample2D: nearest 2x, conv 3x3 pad 1 */
+} UnetUpBlock;
+
+typedef struct {
+    UnetLin conv_in;
+    UnetLin time_1, time_2;
+    UnetDownBlock down[DB_MAX_BLOCKS];
+    UnetResnet mid_res0, mid_res1;
+    UnetTransformer mid_attn;
+    UnetUpBlock up[DB_MAX_BLOCKS];
+    UnetNorm norm_out;
+    UnetLin conv_out;
+} UnetParams;
+
+/* Shared by every block call: widened-weight scratch (largest matrix/kernel), im2col
+ * scratch for convs, and a block work area. */
+typedef struct {
+    float *wscratch;
+    float *conv_scratch;
+    size_t conv_scratch_n;
+    float *work; /* at least unet_block_work_size() floats */
+} UnetWork;
+
+/* Sizes of one forward: batch, latent height/width (multiples of 2^(n_blocks-1)), context
+ * length. */
+typedef struct {
+    size_t B, H, W, S;
+} UnetDims;
+
+/* Inference activations, one allocation. Skip connections in named arrays:
+ *   skip_in = conv_in output; down_res[b][j] = output of down block b, layer j (after its
+ *   attention); down_ds[b] = its downsampler output. Up block u, resnet j takes
+ *   down_res[n-1-u][L-1-j] (j < L) or down_ds[n-2-u] (j == L; skip_in when u == n-1). */
+typedef struct {
+    float *temb;      /* [B, T] time embedding; then SiLU(temb), what every resnet uses */
+    float *t_sin;     /* [B, C0] sinusoidal embedding */
+    float *t_hidden;  /* [B, T] */
+    float *skip_in;
+    float *down_res[DB_MAX_BLOCKS][UNET_MAX_LAYERS];
+    float *down_ds[DB_MAX_BLOCKS];
+    float *x, *y; /* ping-pong [B, Cmax(level), H, W] */
+    float *cat;   /* [B, Cx + Cskip, H, W] input of an up-block resnet */
+} UnetActs;
+
+/* Called after each block with the fraction done; nonzero stops the forward. */
+typedef struct {
+    DbProgressFn fn;
+    void *user;
+    int done, total;
+} UnetProgress;
+
+/* ---- state (unet.c) ---- */
+typedef struct UnetState UnetState;
+DbStatus unet_state_build(UnetState **out, const DbModel *m, DbError *err);
+const UnetParams *unet_state_params(const UnetState *s);
+size_t unet_state_wscratch_size(const UnetState *s); /* floats */
+void unet_state_free(UnetState *s);
+
+/* ---- blocks (unet_blocks.c) ----
+ * Functions with an int result return conv2d_forward's: 0, or -1 when the conv scratch is
+ * too small (unet_conv_scratch_size rules that out). */
+
+/* out [B, Cout, H, W] = ResnetBlock2D(inp [B, Cin, H, W], temb_act [B, T] = SiLU(temb)). */
+size_t unet_resnet_work_size(size_t cin, size_t cout, size_t B, size_t HW, size_t groups);
+int unet_resnet_forward(float *out, const UnetWork *wk, const float *inp, const float *temb_act,
+                        const UnetResnet *p, size_t B, size_t H, size_t W, size_t T,
+                        size_t groups, float eps);
+
+/* out [B, C, H, W] = Transformer2DModel(inp [B, C, H, W], ctx [B, S, X]). */
+size_t unet_transformer_work_size(size_t C, size_t B, size_t HW, size_t S, size_t groups);
+void unet_transformer_forward(float *out, const UnetWork *wk, const float *inp, const float *ctx,
+                              const UnetTransformer *p, size_t B, size_t H, size_t W, size_t S,
+                              size_t X, size_t groups);
+
+/* Downsample2D: out [B, C, H/2, W/2] = conv3x3 stride 2 pad 1 (inp [B, C, H, W]). */
+int unet_downsample_forward(float *out, const UnetWork *wk, const float *inp, const UnetLin *p,
+                            size_t B, size_t C, size_t H, size_t W);
+/* Upsample2D: out [B, C, 2H, 2W] = conv3x3(nearest2x(inp [B, C, H, W])); work holds the
+ * upsampled input. */
+size_t unet_upsample_work_size(size_t C, size_t B, size_t HW);
+int unet_upsample_forward(float *out, const UnetWork *wk, const float *inp, const UnetLin *p,
+                          size_t B, size_t C, size_t H, size_t W);
+
+/* Widens l's weight into wk->wscratch (or points into the mapped file). */
+const float *unet_weight(const UnetLin *l, const UnetWork *wk);
+
+/* ---- whole network (unet.c) ---- */
+DbStatus unet_acts_size(size_t *nfloats, const UnetConfig *c, const UnetDims *d, DbError *err);
+size_t unet_conv_scratch_size(const UnetConfig *c, const UnetDims *d);
+/* Blocks run by unet_forward (for progress fractions). */
+int unet_block_count(const UnetConfig *c);
+/* out [B, Cout, H, W]; sample [B, Cin, H, W]; timesteps [B]; ctx [B, S, cross_dim].
+ * Returns DB_ERR_CANCELLED when the progress callback asks to stop. */
+DbStatus unet_forward(float *out, UnetActs *a, const UnetWork *wk, const float *sample,
+                      const float *timesteps, const float *ctx, const UnetParams *p,
+                      const UnetConfig *c, const UnetDims *d, UnetProgress *pr, DbError *err);
+
+#endif

@@ -1,0 +1,157 @@
+#!/usr/bin/python3
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""The C UNet2DConditionModel forward against the PyTorch reference (sd_unet.py).
+
+  test_unet.py --cli PATH_TO_dreambooth [--bpe GZ] [--workdir DIR] [--keep]
+
+For tiny-sd1 and tiny-sd2, diffusers folder and single file, F32 and F16 storage (plus BF16
+single files), `dreambooth forward MODEL --net unet` on
+  - sample [2,4,16,16], timestep I64 [2], encoder_hidden_states [2,77,D]
+  - sample [2,4,8,16] (h != w), timestep F32 [2] (fractional), encoder_hidden_states [2,5,D]
+  - sample [1,4,16,8] (batch 1), timestep F64 0-d (broadcast), encoder_hidden_states [1,77,D]
+  - sample [3,4,8,8], timestep I32 [1] (broadcast to 3), encoder_hidden_states [3,77,D]
+must give `sample` F32 of the input's shape with relative L2 error ||c - ref|| / ||ref||
+<= 1e-5 against the float32 reference module holding the stored (dtype-rounded) weights.
+Also: a latent size that is not a multiple of 2^(blocks-1) must be refused with exit 1 and
+one line on stderr. Exit status 1 on any failure (also when torch is missing). --bpe is
+accepted for symmetry with the other reference tests and not needed.
+"""
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+
+try:
+    import numpy as np
+    import torch
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import make_model
+    import sd_configs
+    import st_io
+except ImportError as e:
+    print("test_unet: FAIL: cannot import the reference (%s); /usr/bin/python3 with torch is required" % e)
+    sys.exit(1)
+
+TOL = 1e-5  # relative L2 error of the output sample, every case
+FAILS = []
+
+
+def fail(what):
+    FAILS.append(what)
+    print("FAIL " + what)
+
+
+def rel_err(got, ref):
+    got, ref = np.asarray(got, np.float64), np.asarray(ref, np.float64)
+    return float(np.linalg.norm(got - ref) / max(np.linalg.norm(ref), 1e-30))
+
+
+def cli_unet(cli, model, tensors, work, threads=None):
+    """Runs forward --net unet; returns (sample, None) or (None, error)."""
+    inp, out = os.path.join(work, "in.safetensors"), os.path.join(work, "out.safetensors")
+    if os.path.exists(out):
+        os.remove(out)
+    st_io.save_file(tensors, inp)
+    cmd = [cli, "forward", model, "--net", "unet", "--in", inp, "--out", out]
+    if threads:
+        cmd += ["--threads", str(threads)]
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    if p.returncode != 0:
+        return None, "exit %d: %s" % (p.returncode, p.stderr.strip())
+    hdr, _, _ = st_io.read_header(out)
+    e = hdr.get("sample")
+    if e is None or e["dtype"] != "F32":
+        return None, "output has no F32 sample: %s" % {k: v["dtype"] for k, v in hdr.items()}
+    return st_io.load_file(out)["sample"], None
+
+
+def cases(cross_dim):
+    """(label, sample, timestep (numpy, any dtype/rank), context)."""
+    g = np.random.default_rng(5)
+
+    def rnd(*shape):
+        return g.standard_normal(shape).astype(np.float32)
+
+    return [
+        ("B2 16x16 t I64[2] S77", rnd(2, 4, 16, 16), np.array([981, 1], np.int64), rnd(2, 77, cross_dim)),
+        ("B2 8x16 t F32[2] S5", rnd(2, 4, 8, 16), np.array([500.5, 37.25], np.float32), rnd(2, 5, cross_dim)),
+        ("B1 16x8 t F64[] S77", rnd(1, 4, 16, 8), np.array(741.0, np.float64), rnd(1, 77, cross_dim)),
+        ("B3 8x8 t I32[1] S77", rnd(3, 4, 8, 8), np.array([250], np.int32), rnd(3, 77, cross_dim)),
+    ]
+
+
+def reference(unet, sample, t, ctx):
+    with torch.no_grad():
+        return unet(torch.from_numpy(sample), torch.from_numpy(np.array(t)),
+                    torch.from_numpy(ctx)).numpy()
+
+
+def run_case(cli, work, kind, layout, dtype):
+    name = "%s %s %s" % (kind, layout, dtype)
+    d = os.path.join(work, "%s-%s-%s" % (kind, layout, dtype))
+    os.makedirs(d, exist_ok=True)
+    out = os.path.join(d, "model" if layout == "diffusers" else "model.safetensors")
+    m = make_model.make_model(kind, layout, dtype, 3, out, nets=("unet",))
+    cfgs = getattr(m, "configs", None)  # single files: configs the loader can infer
+    cross = (cfgs["unet"] if cfgs else sd_configs.unet_config(kind))["cross_attention_dim"]
+    for label, sample, t, ctx in cases(cross):
+        ref = reference(m.unet, sample, t, ctx)
+        got, err = cli_unet(cli, out, {"sample": sample, "timestep": t,
+                                       "encoder_hidden_states": ctx}, d)
+        if err:
+            fail("%s: %s: %s" % (name, label, err))
+            continue
+        if got.shape != ref.shape:
+            fail("%s: %s: shape %s, want %s" % (name, label, list(got.shape), list(ref.shape)))
+            continue
+        e = rel_err(got, ref)
+        line = "%s: %s: rel L2 err %.3g (tol %g)" % (name, label, e, TOL)
+        if e <= TOL and np.isfinite(got).all():
+            print("ok   " + line)
+        else:
+            fail(line)
+    # tiny UNets have 2 blocks: h and w must be even
+    bad = {"sample": np.zeros((1, 4, 6, 5), np.float32), "timestep": np.array([1], np.int64),
+           "encoder_hidden_states": np.zeros((1, 77, cross), np.float32)}
+    got, err = cli_unet(cli, out, bad, d)
+    if err is None:
+        fail("%s: a 6x5 latent was accepted" % name)
+    elif not err.startswith("exit 1:") or "\n" in err:
+        fail("%s: 6x5 latent: expected exit 1 with one line, got %r" % (name, err))
+    else:
+        print("ok   %s: 6x5 latent refused (%s)" % (name, err))
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--cli", required=True)
+    ap.add_argument("--bpe")
+    ap.add_argument("--workdir")
+    a = ap.parse_args()
+    if not os.access(a.cli, os.X_OK):
+        print("test_unet: FAIL: %s is not an executable" % a.cli)
+        return 1
+    work = a.workdir or tempfile.mkdtemp(prefix="test_unet-")
+    os.makedirs(work, exist_ok=True)
+    torch.set_num_threads(1)
+    try:
+        for kind in ("tiny-sd1", "tiny-sd2"):
+            for layout in ("diffusers", "single-file"):
+                for dtype in ("f32", "f16"):
+                    run_case(a.cli, work, kind, layout, dtype)
+            run_case(a.cli, work, kind, "single-file", "bf16")
+    except Exception as ex:
+        import traceback
+        traceback.print_exc()
+        FAILS.append("exception: %s" % ex)
+    finally:
+        if not a.workdir:
+            shutil.rmtree(work, ignore_errors=True)
+    print("test_unet: %s (%d failure(s))" % ("FAIL" if FAILS else "PASS", len(FAILS)))
+    return 1 if FAILS else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
