@@ -397,10 +397,17 @@ static DbStatus infer_clip(const SafetensorsFile *f, ClipConfig *c, KeymapClip *
         c->act = CLIP_ACT_QUICK_GELU;
         c->pad_id = CLIP_EOS;
     } else if ((tok = ldm_t(f, LDM_CLIP_OPENCLIP_PREFIX "token_embedding.weight"))) {
-        /* OpenCLIP ViT-H/14 (SD2): diffusers keeps the blocks up to the penultimate one */
+        /* OpenCLIP ViT-H/14 (SD2) uses the penultimate block's output. A file with the whole
+         * text tower (Stability's checkpoints: 24 blocks, with text_projection) runs all but
+         * the last block; a file converted from diffusers (scripts/convert_diffusers_to_
+         * original_stable_diffusion.py) already holds only the blocks diffusers keeps (23,
+         * no text_projection) and runs them all. */
         *clip = KEYMAP_CLIP_OPENCLIP;
         c->max_pos = dim(ldm_t(f, LDM_CLIP_OPENCLIP_PREFIX "positional_embedding"), 0);
-        c->layers = ldm_count(f, LDM_CLIP_OPENCLIP_PREFIX "transformer.resblocks.%d.ln_1.weight") - 1;
+        int blocks = ldm_count(f, LDM_CLIP_OPENCLIP_PREFIX "transformer.resblocks.%d.ln_1.weight");
+        int whole_tower = ldm_t(f, LDM_CLIP_OPENCLIP_PREFIX "text_projection") != NULL ||
+                          (blocks == 24 && dim(tok, 1) == 1024);
+        c->layers = whole_tower ? blocks - 1 : blocks;
         c->intermediate = dim(ldm_t(f, LDM_CLIP_OPENCLIP_PREFIX "transformer.resblocks.0.mlp.c_fc.weight"), 0);
         c->act = CLIP_ACT_GELU;
         c->pad_id = 0;

@@ -586,6 +586,11 @@ static char *write_single(const Tiny *t, const char *name, KeymapClip clip, Muta
         snprintf(nm, sizeof nm, "cond_stage_model.model.transformer.resblocks.%d.ln_1.weight", t->c.layers);
         add(w, nm, DB_DTYPE_F32, 1, s1, ln);
         add(w, "cond_stage_model.model.logit_scale", DB_DTYPE_F32, 0, s10, &zero);
+        /* the whole OpenCLIP text tower, as Stability's files carry it: the last block is
+         * then skipped (penultimate layer) */
+        static float proj[64 * 64];
+        int64_t s2[2] = {64, 64};
+        add(w, "cond_stage_model.model.text_projection", DB_DTYPE_F32, 2, s2, proj);
     } else {
         int64_t ids[77], shape[2] = {1, 77};
         for (int i = 0; i < 77; i++) ids[i] = i;

@@ -200,8 +200,10 @@ def ema_extras(unet_ldm, count=4):
 
 
 def to_single_file(unet_sd, vae_sd, text_sd, unet_cfg, vae_cfg, family, sd2_extra_layers=None,
-                   sd1_text_model_level=True, extras=True, seed=0):
-    """Full single-file state dict. family "sd1" or "sd2"."""
+                   sd1_text_model_level=True, extras=True, seed=0, sd2_text_tower=True):
+    """Full single-file state dict. family "sd1" or "sd2". sd2_text_tower: add text_projection
+    and logit_scale as Stability's checkpoints carry (diffusers' conversion script writes
+    neither, nor the 24th block)."""
     unet = unet_to_ldm(unet_sd, unet_cfg)
     out = {"model.diffusion_model." + k: v for k, v in unet.items()}
     out.update({"first_stage_model." + k: v for k, v in vae_to_ldm(vae_sd, vae_cfg).items()})
@@ -210,7 +212,8 @@ def to_single_file(unet_sd, vae_sd, text_sd, unet_cfg, vae_cfg, family, sd2_extr
     else:
         out.update(text_sd2_to_ldm(text_sd, sd2_extra_layers))
         hidden = text_sd["text_model.final_layer_norm.weight"].shape[0]
-        out.update(sd2_text_extras(hidden, seed + 7))
+        if sd2_text_tower:
+            out.update(sd2_text_extras(hidden, seed + 7))
     if extras:
         out.update(ldm_schedule_buffers())
         out.update(ema_extras(unet))

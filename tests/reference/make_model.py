@@ -137,7 +137,7 @@ def single_file_metadata(kind, modelspec=False, prediction=None):
 
 def make_model(kind, layout, dtype, seed, out, bpe=None, tokenizer_next_to_file=False,
                modelspec=False, text_model_level=True, position_ids=False, nets=("text", "unet", "vae"),
-               modelspec_prediction=None, inferable=None):
+               modelspec_prediction=None, inferable=None, converted=False):
     """Writes the model and returns a Model (with .configs {"unet","vae","text"} as written).
     inferable: use inferable_configs(kind) (always for single files, where the C loader infers
     the configs from the weights; for diffusers folders only when asked, e.g. to compare both
@@ -171,10 +171,11 @@ def make_model(kind, layout, dtype, seed, out, bpe=None, tokenizer_next_to_file=
     elif layout == "single-file":
         d = os.path.dirname(os.path.abspath(out))
         os.makedirs(d, exist_ok=True)
-        extra = [sd2_extra_layer(cfg["text"], seed, dtype)] if family == "sd2" else None
+        extra = [sd2_extra_layer(cfg["text"], seed, dtype)] if family == "sd2" and not converted else None
         sd = ldm_convert.to_single_file(_sd(unet), _sd(vae), _sd(te), cfg["unet"], cfg["vae"],
                                         family, sd2_extra_layers=extra,
-                                        sd1_text_model_level=text_model_level, seed=seed)
+                                        sd1_text_model_level=text_model_level, seed=seed,
+                                        extras=not converted, sd2_text_tower=not converted)
         st_io.save_file(sd, out, single_file_metadata(kind, modelspec, modelspec_prediction), st)
         if tokenizer_next_to_file:
             if not bpe:
@@ -211,6 +212,9 @@ def main(argv=None):
     ap.add_argument("--inferable", action="store_true",
                     help="diffusers: write the configs a single file of this kind would imply "
                          "(single files always use them)")
+    ap.add_argument("--converted", action="store_true",
+                    help="single-file: as diffusers' conversion script writes it (SD2: 23 text "
+                         "blocks, no text_projection; no EMA or schedule buffers)")
     ap.add_argument("--position-ids", action="store_true",
                     help="store text_model.embeddings.position_ids as older files do")
     a = ap.parse_args(argv)
@@ -218,7 +222,7 @@ def main(argv=None):
         m = make_model(a.kind, a.layout, a.dtype, a.seed, a.out, a.bpe, a.tokenizer_next_to_file,
                        a.modelspec, not a.no_text_model_level, a.position_ids,
                        modelspec_prediction=a.modelspec_prediction,
-                       inferable=True if a.inferable else None)
+                       inferable=True if a.inferable else None, converted=a.converted)
     print(json.dumps({"path": m.path, "family": m.family, "layout": m.layout, "dtype": m.dtype,
                       "params": {"text_encoder": param_count(m.text_encoder),
                                  "unet": param_count(m.unet), "vae": param_count(m.vae)},

@@ -195,6 +195,9 @@ def main():
         run_case(a.cli, a.bpe, work, "tiny-sd1", "single-file", "bf16", a.bpe,
                  text_model_level=False, position_ids=True)
         run_case(a.cli, a.bpe, work, "tiny-sd2", "diffusers", "bf16", None, position_ids=True)
+        # as diffusers' conversion script writes single files: SD2 keeps only diffusers' blocks
+        for kind in ("tiny-sd1", "tiny-sd2"):
+            run_case(a.cli, a.bpe, work, kind, "single-file", "f16", a.bpe, converted=True)
     except Exception as ex:
         import traceback
         traceback.print_exc()
