@@ -114,9 +114,10 @@ int db_unet_out_channels(const DbModel *m);
  * overlaps: memory is bounded by the tile size; near seams the result differs from an
  * untiled run (group norms and the mid-block attention see one tile). */
 typedef struct {
-    int tile;         /* tile edge in image pixels, a multiple of f; 0 = never tile;
-                         -1 = automatic: untiled unless activations exceed max_bytes, then
-                         tiles of the VAE's sample_size */
+    int tile;         /* tile edge in image pixels, a multiple of f; 0 = never tile (so a
+                         zeroed struct means untiled); -1 = automatic: untiled unless the
+                         activations exceed max_bytes, then tiles of the VAE's sample_size
+                         (512 for SD) */
     int overlap;      /* pixels, a multiple of f below tile; 0 = tile / 4 */
     size_t max_bytes; /* automatic mode threshold; 0 = 2 GiB */
 } DbVaeOptions;

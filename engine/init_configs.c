@@ -109,7 +109,8 @@ static const char model_index[] =
     "\"num_attention_heads\": 16, \"num_hidden_layers\": 23, \"projection_dim\": 512}"
 
 /* Per kind: UNet, VAE, text overrides. The tiny kinds exercise the real configs' traps
- * (tiny-sd1: legacy attention_head_dim 2 = 2 heads; tiny-sd2: per-block head counts). */
+ * (tiny-sd1: legacy attention_head_dim 8 = 8 heads; tiny-sd2: per-block head counts [1, 2],
+ * head dim 64) and keep the rules single files are read by (text heads = width / 64). */
 static const struct {
     const char *kind, *unet, *vae, *text;
 } overrides[] = {
@@ -123,24 +124,24 @@ static const struct {
      "\"use_linear_projection\": true, \"upcast_attention\": false, \"sample_size\": 64}",
      "{}", SD2_TEXT},
     {"tiny-sd1",
-     "{\"attention_head_dim\": 2, \"block_out_channels\": [32, 64], \"cross_attention_dim\": 32,"
+     "{\"attention_head_dim\": 8, \"block_out_channels\": [32, 64], \"cross_attention_dim\": 128,"
      "\"layers_per_block\": 2, \"norm_num_groups\": 8,"
      "\"down_block_types\": [\"CrossAttnDownBlock2D\", \"DownBlock2D\"],"
      "\"up_block_types\": [\"UpBlock2D\", \"CrossAttnUpBlock2D\"], \"sample_size\": 16}",
      "{\"block_out_channels\": [32, 64], \"layers_per_block\": 1, \"norm_num_groups\": 8,"
      "\"down_block_types\": [\"DownEncoderBlock2D\", \"DownEncoderBlock2D\"],"
      "\"up_block_types\": [\"UpDecoderBlock2D\", \"UpDecoderBlock2D\"], \"sample_size\": 32}",
-     "{\"hidden_size\": 32, \"intermediate_size\": 37, \"num_attention_heads\": 4,"
+     "{\"hidden_size\": 128, \"intermediate_size\": 200, \"num_attention_heads\": 2,"
      "\"num_hidden_layers\": 2, \"projection_dim\": 32}"},
     {"tiny-sd2",
-     "{\"attention_head_dim\": [2, 8], \"block_out_channels\": [32, 64], \"cross_attention_dim\": 64,"
+     "{\"attention_head_dim\": [1, 2], \"block_out_channels\": [64, 128], \"cross_attention_dim\": 128,"
      "\"layers_per_block\": 1, \"norm_num_groups\": 32, \"use_linear_projection\": true,"
      "\"down_block_types\": [\"CrossAttnDownBlock2D\", \"DownBlock2D\"],"
      "\"up_block_types\": [\"UpBlock2D\", \"CrossAttnUpBlock2D\"], \"sample_size\": 16}",
      "{\"block_out_channels\": [16, 32, 32, 32], \"layers_per_block\": 1, \"norm_num_groups\": 8,"
      "\"sample_size\": 128}",
-     "{\"hidden_act\": \"gelu\", \"hidden_size\": 64, \"intermediate_size\": 128,"
-     "\"num_attention_heads\": 4, \"num_hidden_layers\": 3, \"projection_dim\": 64}"},
+     "{\"hidden_act\": \"gelu\", \"hidden_size\": 128, \"intermediate_size\": 256,"
+     "\"num_attention_heads\": 2, \"num_hidden_layers\": 3, \"projection_dim\": 64}"},
 };
 
 static const char *const config_paths[INIT_CFG_COUNT] = {

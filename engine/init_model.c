@@ -154,7 +154,7 @@ static void fill_normal(float *dst, size_t n, uint64_t key, size_t start, float 
 {
     const float two_pi = 6.28318530717958648f, inv24 = 1.0f / 16777216.0f;
     long long pairs = (long long)(n / 2);
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (pairs >= 32768)
     for (long long q = 0; q < pairs; q++) {
         uint64_t h = splitmix64(key + start / 2 + (uint64_t)q);
         float u1 = ((float)(h >> 40) + 1.0f) * inv24;           /* (0, 1] */

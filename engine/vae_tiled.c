@@ -135,9 +135,11 @@ static DbStatus choose_tiles(size_t *t, size_t *ov, const VaeConfig *c, VaeSide 
     if (tile == -1) {
         size_t need, max = o && o->max_bytes ? o->max_bytes : VAE_DEFAULT_MAX_BYTES;
         size_t in = side == VAE_ENCODER ? f : 1;
-        DbStatus st = vae_acts_size(&need, c, side, h * in, w * in, err);
-        if (st == DB_OK && need <= max / sizeof(float)) return DB_OK;
-        tile = c->sample_size >= (int)(4 * f) ? c->sample_size : (int)(64 * f);
+        /* an overflow here just means "too large": tile */
+        if (vae_acts_size(&need, c, side, h * in, w * in, NULL) == DB_OK &&
+            need <= max / sizeof(float))
+            return DB_OK;
+        tile = c->sample_size >= (int)(4 * f) ? c->sample_size / (int)f * (int)f : (int)(64 * f);
     }
     if ((size_t)tile % f || (size_t)tile < 2 * f)
         return db_fail(err, DB_ERR_ARG, "vae: tile %d must be a multiple of the scale factor %zu "
@@ -177,7 +179,7 @@ static DbStatus vae_run_job(DbModel *m, const VaeJob *j, const DbVaeOptions *o,
 
     /* one allocation: activations, weight scratch, im2col, input crop, blend weights */
     size_t n_acts, n_w = vae_wscratch_size(p, c), n_col = vae_col_size(c, j->side, Hin, Win);
-    size_t n_crop = tiled ? cin * Hin * Win : 0, n_blend = 2 * (Hout + Wout) + th * u_out + tw * u_out;
+    size_t n_crop = tiled ? cin * Hin * Win : 0, n_blend = Hout + Wout + (th + tw) * u_out;
     size_t total = 0;
     st = vae_acts_size(&n_acts, c, j->side, Hin, Win, err);
     int ok = st == DB_OK && !__builtin_add_overflow(n_acts, n_w, &total) &&

@@ -134,26 +134,29 @@ int main(int argc, char **argv)
         return 1;
     }
     DbStatus st = sampler_run(&opt, &cfg, &rng, x, n, toy_denoise, &toy, &err);
+    int rc = 0;
     if (toy.cancel_at > 0) {
         fprintf(stderr, "%s\n", err.msg);
-        return st == DB_ERR_CANCELLED && toy.calls == toy.cancel_at ? 3 : 1;
-    }
-    if (st != DB_OK) {
+        rc = st == DB_ERR_CANCELLED && toy.calls == toy.cancel_at ? 3 : 1;
+    } else if (st != DB_OK) {
         fprintf(stderr, "%s\n", err.msg);
-        return 1;
+        rc = 1;
     }
-    printf("{\n\"calls\": %d,\n\"init_noise_sigma\": %.9g,\n", toy.calls, (double)s.init_noise_sigma);
-    print_floats("alphas_cumprod", s.alphas_cumprod, (size_t)s.n_train, 0);
-    print_floats("timesteps", s.timesteps, (size_t)s.steps, 0);
-    print_floats("sigmas", s.sigmas, (size_t)s.steps + 1, 0);
-    print_floats("noise0", noise0, n, 0);
-    print_floats("final", x, n, 1);
-    printf("}\n");
+    if (rc == 0) {
+        printf("{\n\"calls\": %d,\n\"init_noise_sigma\": %.9g,\n", toy.calls,
+               (double)s.init_noise_sigma);
+        print_floats("alphas_cumprod", s.alphas_cumprod, (size_t)s.n_train, 0);
+        print_floats("timesteps", s.timesteps, (size_t)s.steps, 0);
+        print_floats("sigmas", s.sigmas, (size_t)s.steps + 1, 0);
+        print_floats("noise0", noise0, n, 0);
+        print_floats("final", x, n, 1);
+        printf("}\n");
+    }
     sched_free(&s);
     free(x);
     free(noise0);
     free(toy.cond);
     free(toy.uncond);
     g_object_unref(parser);
-    return 0;
+    return rc;
 }

@@ -12,7 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 
-#ifdef ATT_NO_AVX2
+#ifdef DB_KERNELS_NO_AVX2
 static const int baseline_build = 1;
 #else
 static const int baseline_build = 0;
@@ -40,8 +40,8 @@ static float *rand_array(size_t n, float a)
     return x;
 }
 
-static int check_case(const char *name, size_t B, size_t Nq, size_t Nk, size_t H, size_t D,
-                      float a, float scale, int causal)
+static int check_case(const char *name, size_t B, size_t Nq, size_t Nk, size_t H, size_t D, float a,
+                      float scale, int causal)
 {
     size_t nq = B * Nq * H * D, nk = B * Nk * H * D, nl = B * H * Nq;
     float *q = rand_array(nq, a), *k = rand_array(nk, a), *v = rand_array(nk, 1.0f);
@@ -69,8 +69,8 @@ static int check_case(const char *name, size_t B, size_t Nq, size_t Nk, size_t H
 
     double rel = maxref > 0.0 ? maxdiff / maxref : maxdiff;
     int ok = rel <= 1e-5 && lse_err <= 1e-5 && nulldiff == 0.0;
-    printf("%-34s B=%zu Nq=%zu Nk=%zu H=%zu D=%zu causal=%d: out rel %.2e, lse rel %.2e %s\n",
-           name, B, Nq, Nk, H, D, causal, rel, lse_err, ok ? "ok" : "FAIL");
+    printf("%-34s B=%zu Nq=%zu Nk=%zu H=%zu D=%zu causal=%d: out rel %.2e, lse rel %.2e %s\n", name,
+           B, Nq, Nk, H, D, causal, rel, lse_err, ok ? "ok" : "FAIL");
     free(q);
     free(k);
     free(v);
@@ -147,8 +147,7 @@ int main(void)
     ok &= check_case("large scores", 1, 33, 70, 1, 16, 4.0f, 1.0f, 0);
     ok &= check_case("large scores, causal", 1, 70, 70, 2, 16, 4.0f, 1.0f, 1);
     ok &= check_case("large scores, negative scale", 1, 33, 70, 1, 16, 4.0f, -1.0f, 0);
-    if (!baseline_build)
-        time_self_attention(); /* the baseline-ISA build only checks correctness */
+    if (!baseline_build) time_self_attention(); /* the baseline-ISA build only checks correctness */
     printf("%s\n", ok ? "all attention tests passed" : "attention tests FAILED");
     return ok ? 0 : 1;
 }

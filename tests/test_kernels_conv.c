@@ -20,6 +20,12 @@
 #include <stdlib.h>
 #include <string.h>
 
+#ifdef DB_KERNELS_NO_AVX2
+static const int baseline_build = 1;
+#else
+static const int baseline_build = 0;
+#endif
+
 static uint64_t rng_state = 0x2545F4914F6CDD1Dull;
 
 static float rand_uniform(float lo, float hi)
@@ -66,9 +72,8 @@ static int report(const char *what, double err, double tol)
     return ok;
 }
 
-static int check_conv(size_t N, size_t C, size_t H, size_t W, size_t OC, size_t K,
-                      size_t stride, size_t pad_lo, size_t pad_hi, int with_bias,
-                      size_t scratch_floats)
+static int check_conv(size_t N, size_t C, size_t H, size_t W, size_t OC, size_t K, size_t stride,
+                      size_t pad_lo, size_t pad_hi, int with_bias, size_t scratch_floats)
 {
     size_t OH = conv2d_out_size(H, K, stride, pad_lo, pad_hi);
     size_t OW = conv2d_out_size(W, K, stride, pad_lo, pad_hi);
@@ -82,9 +87,8 @@ static int check_conv(size_t N, size_t C, size_t H, size_t W, size_t OC, size_t 
                             pad_lo, pad_hi);
     conv2d_forward_ref(ref, inp, w, b, N, C, H, W, OC, K, stride, pad_lo, pad_hi);
     char what[160];
-    snprintf(what, sizeof what, "conv2d [%zu,%zu,%zu,%zu]->%zu K%zu s%zu pad %zu,%zu%s scr %zu",
-             N, C, H, W, OC, K, stride, pad_lo, pad_hi, with_bias ? " bias" : "",
-             scratch_floats);
+    snprintf(what, sizeof what, "conv2d [%zu,%zu,%zu,%zu]->%zu K%zu s%zu pad %zu,%zu%s scr %zu", N,
+             C, H, W, OC, K, stride, pad_lo, pad_hi, with_bias ? " bias" : "", scratch_floats);
     int ok = report(what, rc == 0 ? rel_err(out, ref, no) : INFINITY, 1e-5);
     free(inp);
     free(w);
@@ -107,8 +111,8 @@ static int check_groupnorm(size_t N, size_t C, size_t HW, size_t G, float eps, i
     groupnorm_forward(out, m, r, inp, w, b, N, C, HW, G, eps, silu);
     groupnorm_forward_ref(ref, mr, rr, inp, w, b, N, C, HW, G, eps, silu);
     char what[160];
-    snprintf(what, sizeof what, "groupnorm N=%zu C=%zu HW=%zu G=%zu silu=%d x in %g+-%g", N, C,
-             HW, G, silu, offset, spread);
+    snprintf(what, sizeof what, "groupnorm N=%zu C=%zu HW=%zu G=%zu silu=%d x in %g+-%g", N, C, HW,
+             G, silu, offset, spread);
     int ok = report(what, rel_err(out, ref, n), 1e-5);
     ok &= report("  mean", rel_err(m, mr, N * G), 1e-6);
     ok &= report("  rstd", rel_err(r, rr, N * G), 1e-6);
@@ -151,21 +155,20 @@ static int check_timestep(void)
 {
     /* torch 1.13, diffusers get_timestep_embedding(t, dim, flip, shift) */
     static const float t[4] = {0.0f, 1.0f, 999.0f, 500.5f};
-    static const float want8[4][8] = {
-        {1, 1, 1, 1, 0, 0, 0, 0},
-        {0.540302336f, 0.995004177f, 0.999949992f, 0.999999523f, 0.841470957f, 0.099833414f,
-         0.00999983307f, 0.000999999815f},
-        {0.999649823f, 0.807455063f, -0.844469845f, 0.541143537f, -0.0264607519f,
-         -0.589929104f, -0.535603166f, 0.840930223f},
-        {-0.551388979f, 0.976872385f, 0.288453341f, 0.877342761f, -0.834248304f, -0.213823229f,
-         -0.957493961f, 0.47986424f}};
+    static const float want8[4][8] = {{1, 1, 1, 1, 0, 0, 0, 0},
+                                      {0.540302336f, 0.995004177f, 0.999949992f, 0.999999523f,
+                                       0.841470957f, 0.099833414f, 0.00999983307f, 0.000999999815f},
+                                      {0.999649823f, 0.807455063f, -0.844469845f, 0.541143537f,
+                                       -0.0264607519f, -0.589929104f, -0.535603166f, 0.840930223f},
+                                      {-0.551388979f, 0.976872385f, 0.288453341f, 0.877342761f,
+                                       -0.834248304f, -0.213823229f, -0.957493961f, 0.47986424f}};
     static const float want7[4][7] = {
         {0, 0, 0, 1, 1, 1, 0},
         {0.841470957f, 0.00999983307f, 9.99999902e-05f, 0.540302336f, 0.999949992f, 1, 0},
-        {-0.0264607519f, -0.535603166f, 0.0997339115f, 0.999649823f, -0.844469845f,
-         0.995014131f, 0},
-        {-0.834248304f, -0.957493961f, 0.0500291027f, -0.551388979f, 0.288453341f,
-         0.998747766f, 0}};
+        {-0.0264607519f, -0.535603166f, 0.0997339115f, 0.999649823f, -0.844469845f, 0.995014131f,
+         0},
+        {-0.834248304f, -0.957493961f, 0.0500291027f, -0.551388979f, 0.288453341f, 0.998747766f,
+         0}};
     float o8[32], o7[28];
     timestep_embedding(o8, t, 4, 8, 1, 0.0f);
     timestep_embedding(o7, t, 4, 7, 0, 1.0f);
@@ -243,7 +246,8 @@ static int bench_conv(void)
     }
     double flop = 2.0 * N * OC * H * W * C * K * K;
     printf("timing: conv2d [2,320,64,64]->320 3x3, 32 MiB scratch, %d threads: %.3f s, "
-           "%.1f GFLOP/s\n", omp_get_max_threads(), best, flop / best * 1e-9);
+           "%.1f GFLOP/s\n",
+           omp_get_max_threads(), best, flop / best * 1e-9);
 
     /* spot check 400 outputs against a double dot product */
     double maxerr = 0.0, maxref = 0.0;
@@ -262,8 +266,8 @@ static int bench_conv(void)
         maxref = fmax(maxref, fabs(acc));
         maxerr = fmax(maxerr, fabs(acc - out[((n * OC + oc) * H + oh) * W + ow]));
     }
-    int ok = report("conv2d UNet shape, 400 outputs vs double dot", rc ? INFINITY
-                                                                       : maxerr / maxref, 1e-5);
+    int ok = report("conv2d UNet shape, 400 outputs vs double dot", rc ? INFINITY : maxerr / maxref,
+                    1e-5);
     free(inp);
     free(w);
     free(b);
@@ -323,7 +327,7 @@ int main(void)
     ok &= check_glue();
     ok &= check_timestep();
     ok &= check_geglu();
-    ok &= bench_conv();
+    if (!baseline_build) ok &= bench_conv(); /* the baseline-ISA build only checks correctness */
     printf("%s\n", ok ? "all conv/unet kernel tests passed" : "conv/unet kernel tests FAILED");
     return ok ? 0 : 1;
 }

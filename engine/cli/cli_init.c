@@ -37,7 +37,7 @@ int cli_init(int argc, char **argv)
         {"tokenizer-from", 0, 0, G_OPTION_ARG_FILENAME, &tok,
          "OpenAI's bpe_simple_vocab_16e6.txt.gz for the tokenizer/ folder (default: the user data folder's dreambooth/)", "GZ"},
         {"force", 0, 0, G_OPTION_ARG_NONE, &force, "Replace an existing model", NULL},
-        {"quiet", 'q', 0, G_OPTION_ARG_NONE, &quiet, "No progress output", NULL},
+        {"quiet", 'q', 0, G_OPTION_ARG_NONE, &quiet, "No progress output (shown only on a terminal anyway)", NULL},
         G_OPTION_ENTRY_NULL};
     GOptionContext *ctx = g_option_context_new("- write a random-weight Stable Diffusion model");
     g_option_context_add_main_entries(ctx, entries, NULL);

@@ -12,26 +12,31 @@
  * and [ATT_DC]-wide chunks of q, k^T and v live on the stack (64 KiB per thread);
  * [B, H, Nq, Nk] never exists.
  *
- * Saved for backward: lse [B, H, Nq]. The backward pass recomputes each score tile from
- * q, k, v, out and lse (p_ij = exp(s_ij - lse_i)), it stores no probabilities.
+ * Saved for backward: lse [B, H, Nq]. The backward pass (attention_backward, at the end)
+ * recomputes each score tile from q, k, v, out and lse (p_ij = exp(s_ij - lse_i)); it stores
+ * no probabilities.
  *
  * Parallel over (b, h, query tile) with OpenMP; no BLAS. The hot loops (plain C, plus GNU C
  * vector types in the AVX2 micro-kernels) are compiled twice, for the baseline ISA and with
- * an AVX2+FMA target attribute, chosen at run time by a CPU check. The build's ISO C mode
- * keeps a*b + c unfused (-ffp-contract=off), so results do not depend on FMA; on Zen 3 mul +
- * add has the same throughput. Measured (2-core Zen 3, [2, 4096, 8*40]): ~50 GFLOP/s per
- * core, about half of sgemm; the rest is exp, the softmax bookkeeping and the tile copies. */
+ * an AVX2+FMA target attribute (and FMA contraction), chosen at run time by a CPU check.
+ * Measured (2-core Zen 3, [4096, 4096] D=40, one thread): ~55 GFLOP/s per core, about half of
+ * sgemm; the rest is exp, the softmax bookkeeping and the tile copies. */
 #include "kernels.h"
+#include "vmath.h"
 
 #include <math.h>
 #include <stdint.h>
 #include <string.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 #define ATT_BQ 64 /* query rows per tile (the parallel work item) */
 #define ATT_BK 64 /* keys per tile */
 #define ATT_DC 64 /* head-dimension chunk of the transposed key tile */
 #define ATT_MR 4  /* micro-kernel rows */
 #define ATT_NR 16 /* micro-kernel columns */
+_Static_assert(ATT_BQ == ATT_BK, "causal backward aligns query tiles on key tiles");
 
 #if defined(__GNUC__)
 #define ATT_INLINE static inline __attribute__((always_inline))
@@ -39,39 +44,12 @@
 #define ATT_INLINE static inline
 #endif
 
-/* exp(x) for x <= 0 (x = s - max, so never positive), elementwise over n values in place.
- * Range reduction x = n ln2 + r, |r| <= ln2/2, with ln2 split in two (Cody & Waite) so
- * n ln2 is exact; exp(r) by a degree-7 minimax polynomial (Cephes expf coefficients, about
- * 1 ulp); 2^n built in the exponent bits. Inputs below -87 are clamped: exp(-87) ~ 1.6e-38
- * is negligible next to the row maximum's exp(0) = 1 and keeps 2^n a normal number. The
- * clamp compares the bit patterns as unsigned integers (every negative float at or below
- * -87 has a pattern >= that of -87, +-0 and the rest below it), which GCC vectorises; a
- * float compare-and-select is not if-converted under the default -ftrapping-math. */
-ATT_INLINE void att_exp_inplace(float *x, size_t n)
+/* x [i] = exp(x [i] - shift) for shift >= max x (so the argument is never positive);
+ * vm_exp_nonpos (vmath.h) is the Cody & Waite reduction + Cephes polynomial, about 1 ulp. */
+ATT_INLINE void att_exp_shifted(float *x, size_t n, float shift)
 {
-    const uint32_t lim = 0xC2AE0000u; /* bits of -87.0f */
-    for (size_t i = 0; i < n; i++) {
-        uint32_t u;
-        memcpy(&u, &x[i], sizeof u);
-        u = u > lim ? lim : u;
-        float v;
-        memcpy(&v, &u, sizeof v);
-        float t = v * 1.44269504088896341f + 12582912.0f; /* round to nearest via 1.5*2^23 */
-        float nf = t - 12582912.0f;
-        float r = v - nf * 0.693359375f;
-        r = r - nf * -2.12194440e-4f;
-        float p = 1.9875691500e-4f;
-        p = p * r + 1.3981999507e-3f;
-        p = p * r + 8.3334519073e-3f;
-        p = p * r + 4.1665795894e-2f;
-        p = p * r + 1.6666665459e-1f;
-        p = p * r + 5.0000001201e-1f;
-        p = p * r * r + r + 1.0f;
-        int32_t bits = ((int32_t)nf + 127) * (1 << 23);
-        float s;
-        memcpy(&s, &bits, sizeof s);
-        x[i] = p * s;
-    }
+    for (size_t i = 0; i < n; i++)
+        x[i] = vm_exp_nonpos(x[i] - shift);
 }
 
 /* Largest of x [n], n >= 1. Floats are mapped to unsigned keys with the same order (sign bit
@@ -256,8 +234,8 @@ ATT_INLINE void att_gemm_acc(float *c, size_t ldc, const float *a, size_t lda, c
 /* One (b, h, query tile): rows q0 .. q0+bq-1 of head h.
  * qh, kh, vh, oh point at column h*D of row 0 of batch b; ld = H*D is the row stride. */
 ATT_INLINE void att_tile_body(float *oh, float *lseh, const float *qh, const float *kh,
-                              const float *vh, size_t ld, size_t q0, size_t bq, size_t Nk,
-                              size_t D, float scale, int causal, int wide)
+                              const float *vh, size_t ld, size_t q0, size_t bq, size_t Nk, size_t D,
+                              float scale, int causal, int wide)
 {
     float s[ATT_BQ * ATT_BK];  /* scores, then probabilities, [bq, ATT_BK] */
     float qc[ATT_BQ * ATT_DC]; /* scale * query chunk [bq, dc], row stride ATT_DC */
@@ -297,17 +275,13 @@ ATT_INLINE void att_tile_body(float *oh, float *lseh, const float *qh, const flo
             float *si = s + i * ATT_BK;
             /* keys k0 .. k0+nv-1 are visible to query q0+i */
             size_t nv = bk;
-            if (causal)
-                nv = q0 + i + 1 <= k0 ? 0 : (q0 + i + 1 - k0 < bk ? q0 + i + 1 - k0 : bk);
+            if (causal) nv = q0 + i + 1 <= k0 ? 0 : (q0 + i + 1 - k0 < bk ? q0 + i + 1 - k0 : bk);
             for (size_t j = nv; j < ATT_BK; j++)
                 si[j] = 0.0f;
-            if (nv == 0)
-                continue;
+            if (nv == 0) continue;
             float mx = att_max(si, nv);
             float mnew = mx > m[i] ? mx : m[i];
-            for (size_t j = 0; j < nv; j++)
-                si[j] -= mnew;
-            att_exp_inplace(si, nv);
+            att_exp_shifted(si, nv, mnew);
             float sum = att_sum(si, nv);
             float alpha = m[i] == -INFINITY ? 0.0f : expf(m[i] - mnew);
             if (alpha != 1.0f) {
@@ -334,8 +308,7 @@ ATT_INLINE void att_tile_body(float *oh, float *lseh, const float *qh, const flo
         float inv = 1.0f / l[i];
         for (size_t d = 0; d < D; d++)
             o[d] *= inv;
-        if (lseh)
-            lseh[q0 + i] = m[i] + logf(l[i]);
+        if (lseh) lseh[q0 + i] = m[i] + logf(l[i]);
     }
 }
 
@@ -343,18 +316,22 @@ typedef void (*AttTileFn)(float *, float *, const float *, const float *, const 
                           size_t, size_t, size_t, size_t, float, int);
 
 static void att_tile_generic(float *oh, float *lseh, const float *qh, const float *kh,
-                             const float *vh, size_t ld, size_t q0, size_t bq, size_t Nk,
-                             size_t D, float scale, int causal)
+                             const float *vh, size_t ld, size_t q0, size_t bq, size_t Nk, size_t D,
+                             float scale, int causal)
 {
     att_tile_body(oh, lseh, qh, kh, vh, ld, q0, bq, Nk, D, scale, causal, 0);
 }
 
-/* ATT_NO_AVX2 builds only the baseline path (one test build does, to check it). */
-#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__)) && !defined(ATT_NO_AVX2)
+/* DB_KERNELS_NO_AVX2 builds only the baseline path (one test build does, to check it). */
+#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__)) && !defined(DB_KERNELS_NO_AVX2)
 #define ATT_HAVE_AVX2 1
-__attribute__((target("avx2,fma"))) static void
-att_tile_avx2(float *oh, float *lseh, const float *qh, const float *kh, const float *vh,
-              size_t ld, size_t q0, size_t bq, size_t Nk, size_t D, float scale, int causal)
+/* fp-contract=fast lets a*b + c become one FMA in this clone only (the project builds in ISO C
+ * mode, where GCC keeps them apart): one FP op instead of two takes the micro-kernel off the
+ * dispatch limit, ~10% on [4096, 4096, D=40]. Results then differ from the baseline clone
+ * in the last bits (FMA rounds once); both stay within the tests' tolerances. */
+__attribute__((target("avx2,fma"), optimize("fp-contract=fast"))) static void
+att_tile_avx2(float *oh, float *lseh, const float *qh, const float *kh, const float *vh, size_t ld,
+              size_t q0, size_t bq, size_t Nk, size_t D, float scale, int causal)
 {
     att_tile_body(oh, lseh, qh, kh, vh, ld, q0, bq, Nk, D, scale, causal, 1);
 }
@@ -364,18 +341,15 @@ static AttTileFn att_pick_tile_fn(void)
 {
 #ifdef ATT_HAVE_AVX2
     __builtin_cpu_init();
-    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
-        return att_tile_avx2;
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return att_tile_avx2;
 #endif
     return att_tile_generic;
 }
 
 void attention_forward(float *out, float *lse, const float *q, const float *k, const float *v,
-                       size_t B, size_t Nq, size_t Nk, size_t H, size_t D, float scale,
-                       int causal)
+                       size_t B, size_t Nq, size_t Nk, size_t H, size_t D, float scale, int causal)
 {
-    if (B == 0 || Nq == 0 || H == 0 || D == 0)
-        return;
+    if (B == 0 || Nq == 0 || H == 0 || D == 0) return;
     if (Nk == 0) {
         /* softmax over no keys: define the output as zeros and lse as -inf */
         memset(out, 0, B * Nq * H * D * sizeof(float));
@@ -396,7 +370,203 @@ void attention_forward(float *out, float *lse, const float *q, const float *k, c
         size_t q0 = t * ATT_BQ;
         size_t bq = Nq - q0 < ATT_BQ ? Nq - q0 : ATT_BQ;
         tile(out + b * Nq * ld + h * D, lse ? lse + (b * H + h) * Nq : NULL,
-             q + b * Nq * ld + h * D, k + b * Nk * ld + h * D, v + b * Nk * ld + h * D, ld, q0,
-             bq, Nk, D, scale, causal);
+             q + b * Nq * ld + h * D, k + b * Nk * ld + h * D, v + b * Nk * ld + h * D, ld, q0, bq,
+             Nk, D, scale, causal);
     }
+}
+
+/* ---- backward ----
+ * Flash-attention backward (Dao et al. 2022, alg. 4, without atomics). Per query row i with
+ * P_ij = exp(S_ij - lse_i), S = scale Q K^T, and Delta_i = sum_d dO_id O_id:
+ *   dV += P^T dO,  dP = dO V^T,  dS_ij = P_ij (dP_ij - Delta_i),
+ *   dK += scale dS^T Q,  dQ += scale dS K.
+ * Each (query tile, key tile) pair recomputes S and dP from q, k, v, dout and the saved lse;
+ * nothing of size [Nq, Nk] is stored. Work is split so that each gradient has one writer:
+ *   whole-head mode (B*H >= 2 threads): one work item per (b, h) walks its key tiles and,
+ *     inside, its query tiles, writing dK, dV of the key tile and dQ of the query tile;
+ *   split mode (few heads): pass 1, one item per (b, h, key tile) writes dK, dV; pass 2, one
+ *     item per (b, h, query tile) writes dQ (recomputing S and dP a second time).
+ * Both visit the pairs in the same order per gradient row, so results do not depend on the
+ * mode or the thread count. */
+
+/* One (query tile q0..q0+bq-1, key tile k0..k0+bk-1) pair of one head. dkh, dvh (both or
+ * neither) and dqh may be NULL to skip those products. */
+ATT_INLINE void att_bwd_pair(float *dqh, float *dkh, float *dvh, const float *lseh,
+                             const float *qh, const float *kh, const float *vh, const float *oh,
+                             const float *doh, size_t ld, size_t q0, size_t bq, size_t k0,
+                             size_t bk, size_t D, float scale, int causal, int wide)
+{
+    float s[ATT_BQ * ATT_BK];   /* scores, then P [bq, ATT_BK] */
+    float ds[ATT_BQ * ATT_BK];  /* dP, then dS [bq, ATT_BK] */
+    float pt[ATT_BK * ATT_BQ];  /* P^T [bk, bq], row stride ATT_BQ */
+    float dst[ATT_BK * ATT_BQ]; /* dS^T [bk, bq] */
+    float qc[ATT_BQ * ATT_DC];  /* scale * q chunk [bq, dc] */
+    float dc_[ATT_BQ * ATT_DC]; /* dout chunk [bq, dc] */
+    float bt[ATT_DC * ATT_BK];  /* k^T or v^T chunk [dc, ATT_BK] zero padded; k chunk [bk, dc] */
+    float delta[ATT_BQ];
+    int kv = dkh != NULL;
+
+    for (size_t i = 0; i < bq; i++) {
+        const float *o = oh + (q0 + i) * ld, *g = doh + (q0 + i) * ld;
+        float acc = 0.0f;
+        for (size_t d = 0; d < D; d++)
+            acc += g[d] * o[d];
+        delta[i] = acc;
+    }
+
+    /* S = (scale q) k^T and dP = dout v^T, over chunks of D */
+    memset(s, 0, sizeof s);
+    memset(ds, 0, sizeof ds);
+    for (size_t d0 = 0; d0 < D; d0 += ATT_DC) {
+        size_t dc = D - d0 < ATT_DC ? D - d0 : ATT_DC;
+        for (size_t i = 0; i < bq; i++)
+            for (size_t dd = 0; dd < dc; dd++) {
+                qc[i * ATT_DC + dd] = scale * qh[(q0 + i) * ld + d0 + dd];
+                dc_[i * ATT_DC + dd] = doh[(q0 + i) * ld + d0 + dd];
+            }
+        for (size_t dd = 0; dd < dc; dd++)
+            for (size_t j = bk; j < ATT_BK; j++)
+                bt[dd * ATT_BK + j] = 0.0f;
+        for (size_t j = 0; j < bk; j++)
+            for (size_t dd = 0; dd < dc; dd++)
+                bt[dd * ATT_BK + j] = kh[(k0 + j) * ld + d0 + dd];
+        att_gemm_acc(s, ATT_BK, qc, ATT_DC, bt, ATT_BK, bq, ATT_BK, dc, wide);
+        for (size_t j = 0; j < bk; j++)
+            for (size_t dd = 0; dd < dc; dd++)
+                bt[dd * ATT_BK + j] = vh[(k0 + j) * ld + d0 + dd];
+        att_gemm_acc(ds, ATT_BK, dc_, ATT_DC, bt, ATT_BK, bq, ATT_BK, dc, wide);
+    }
+
+    /* P = exp(S - lse) on the visible keys, 0 elsewhere; dS = P (dP - Delta) */
+    for (size_t i = 0; i < bq; i++) {
+        float *si = s + i * ATT_BK, *di = ds + i * ATT_BK;
+        size_t nv = bk;
+        if (causal) nv = q0 + i + 1 <= k0 ? 0 : (q0 + i + 1 - k0 < bk ? q0 + i + 1 - k0 : bk);
+        float l = lseh[q0 + i], dl = delta[i];
+        for (size_t j = 0; j < nv; j++) {
+            float p = vm_exp_nonpos(si[j] - l);
+            si[j] = p;
+            di[j] = p * (di[j] - dl);
+        }
+        for (size_t j = nv; j < ATT_BK; j++) {
+            si[j] = 0.0f;
+            di[j] = 0.0f;
+        }
+    }
+    if (kv)
+        for (size_t j = 0; j < bk; j++)
+            for (size_t i = 0; i < bq; i++) {
+                pt[j * ATT_BQ + i] = s[i * ATT_BK + j];
+                dst[j * ATT_BQ + i] = ds[i * ATT_BK + j];
+            }
+
+    /* dV += P^T dout, dK += dS^T (scale q), dQ += dS (scale k), over chunks of D; with one
+     * chunk, qc and dc_ still hold it */
+    for (size_t d0 = 0; d0 < D; d0 += ATT_DC) {
+        size_t dc = D - d0 < ATT_DC ? D - d0 : ATT_DC;
+        if (kv) {
+            if (D > ATT_DC)
+                for (size_t i = 0; i < bq; i++)
+                    for (size_t dd = 0; dd < dc; dd++) {
+                        qc[i * ATT_DC + dd] = scale * qh[(q0 + i) * ld + d0 + dd];
+                        dc_[i * ATT_DC + dd] = doh[(q0 + i) * ld + d0 + dd];
+                    }
+            att_gemm_acc(dvh + k0 * ld + d0, ld, pt, ATT_BQ, dc_, ATT_DC, bk, dc, bq, wide);
+            att_gemm_acc(dkh + k0 * ld + d0, ld, dst, ATT_BQ, qc, ATT_DC, bk, dc, bq, wide);
+        }
+        if (dqh) {
+            for (size_t j = 0; j < bk; j++)
+                for (size_t dd = 0; dd < dc; dd++)
+                    bt[j * ATT_DC + dd] = scale * kh[(k0 + j) * ld + d0 + dd];
+            att_gemm_acc(dqh + q0 * ld + d0, ld, ds, ATT_BK, bt, ATT_DC, bq, dc, bk, wide);
+        }
+    }
+}
+
+/* mode 0: whole head (all key tiles, each with all its query tiles; dq, dk, dv);
+ * mode 1: key tile `tile` (dk, dv); mode 2: query tile `tile` (dq). Pointers at column h*D
+ * of row 0 of batch b, row stride ld. */
+ATT_INLINE void att_bwd_body(float *dqh, float *dkh, float *dvh, const float *lseh,
+                             const float *qh, const float *kh, const float *vh, const float *oh,
+                             const float *doh, size_t ld, size_t Nq, size_t Nk, size_t D,
+                             float scale, int causal, int mode, size_t tile, int wide)
+{
+    if (mode == 2) {
+        size_t q0 = tile * ATT_BQ, bq = Nq - q0 < ATT_BQ ? Nq - q0 : ATT_BQ;
+        size_t kend = causal ? (q0 + bq < Nk ? q0 + bq : Nk) : Nk;
+        for (size_t k0 = 0; k0 < kend; k0 += ATT_BK)
+            att_bwd_pair(dqh, NULL, NULL, lseh, qh, kh, vh, oh, doh, ld, q0, bq, k0,
+                         kend - k0 < ATT_BK ? kend - k0 : ATT_BK, D, scale, causal, wide);
+        return;
+    }
+    size_t kt0 = mode == 1 ? tile : 0, kt1 = mode == 1 ? tile + 1 : (Nk + ATT_BK - 1) / ATT_BK;
+    for (size_t kt = kt0; kt < kt1; kt++) {
+        size_t k0 = kt * ATT_BK, bk = Nk - k0 < ATT_BK ? Nk - k0 : ATT_BK;
+        /* causal (Nq == Nk, ATT_BQ == ATT_BK): queries before k0 see none of these keys */
+        size_t qstart = causal ? k0 : 0;
+        for (size_t q0 = qstart; q0 < Nq; q0 += ATT_BQ)
+            att_bwd_pair(mode == 0 ? dqh : NULL, dkh, dvh, lseh, qh, kh, vh, oh, doh, ld, q0,
+                         Nq - q0 < ATT_BQ ? Nq - q0 : ATT_BQ, k0, bk, D, scale, causal, wide);
+    }
+}
+
+typedef void (*AttBwdFn)(float *, float *, float *, const float *, const float *, const float *,
+                         const float *, const float *, const float *, size_t, size_t, size_t,
+                         size_t, float, int, int, size_t);
+
+static void att_bwd_generic(float *dqh, float *dkh, float *dvh, const float *lseh,
+                            const float *qh, const float *kh, const float *vh, const float *oh,
+                            const float *doh, size_t ld, size_t Nq, size_t Nk, size_t D,
+                            float scale, int causal, int mode, size_t tile)
+{
+    att_bwd_body(dqh, dkh, dvh, lseh, qh, kh, vh, oh, doh, ld, Nq, Nk, D, scale, causal, mode,
+                 tile, 0);
+}
+
+#ifdef ATT_HAVE_AVX2
+__attribute__((target("avx2,fma"), optimize("fp-contract=fast"))) static void
+att_bwd_avx2(float *dqh, float *dkh, float *dvh, const float *lseh, const float *qh,
+             const float *kh, const float *vh, const float *oh, const float *doh, size_t ld,
+             size_t Nq, size_t Nk, size_t D, float scale, int causal, int mode, size_t tile)
+{
+    att_bwd_body(dqh, dkh, dvh, lseh, qh, kh, vh, oh, doh, ld, Nq, Nk, D, scale, causal, mode,
+                 tile, 1);
+}
+#endif
+
+void attention_backward(float *dq, float *dk, float *dv, const float *out, const float *lse,
+                        const float *dout, const float *q, const float *k, const float *v,
+                        size_t B, size_t Nq, size_t Nk, size_t H, size_t D, float scale,
+                        int causal)
+{
+    if (B == 0 || Nq == 0 || Nk == 0 || H == 0 || D == 0) return;
+    AttBwdFn fn = att_bwd_generic;
+#ifdef ATT_HAVE_AVX2
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) fn = att_bwd_avx2;
+#endif
+    size_t ld = H * D, BH = B * H;
+    size_t nqt = (Nq + ATT_BQ - 1) / ATT_BQ, nkt = (Nk + ATT_BK - 1) / ATT_BK;
+    size_t threads = 1;
+#ifdef _OPENMP
+    threads = (size_t)omp_get_max_threads();
+#endif
+#define ATT_BWD_ARGS(b, h)                                                                     \
+    dq + (b) * Nq * ld + (h) * D, dk + (b) * Nk * ld + (h) * D, dv + (b) * Nk * ld + (h) * D, \
+        lse + ((b) * H + (h)) * Nq, q + (b) * Nq * ld + (h) * D, k + (b) * Nk * ld + (h) * D,  \
+        v + (b) * Nk * ld + (h) * D, out + (b) * Nq * ld + (h) * D,                            \
+        dout + (b) * Nq * ld + (h) * D, ld, Nq, Nk, D, scale, causal
+    if (BH >= 2 * threads) {
+#pragma omp parallel for schedule(dynamic, 1)
+        for (size_t w = 0; w < BH; w++)
+            fn(ATT_BWD_ARGS(w / H, w % H), 0, 0);
+        return;
+    }
+#pragma omp parallel for schedule(dynamic, 1)
+    for (size_t w = 0; w < BH * nkt; w++)
+        fn(ATT_BWD_ARGS(w / nkt / H, (w / nkt) % H), 1, w % nkt);
+#pragma omp parallel for schedule(dynamic, 1)
+    for (size_t w = 0; w < BH * nqt; w++)
+        fn(ATT_BWD_ARGS(w / nqt / H, (w / nqt) % H), 2, w % nqt);
+#undef ATT_BWD_ARGS
 }

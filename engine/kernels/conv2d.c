@@ -11,8 +11,13 @@
  * Threads: im2col and the bias fill run in OpenMP loops; sgemm (OpenBLAS, OpenMP build) is
  * called outside any parallel region and threads itself.
  *
- * Backward (later): dW [OC, C*K*K] += dout [OC, P] @ col [C*K*K, P]^T over the same chunks
- * (conv2d_im2col again), dcol = weight^T @ dout and col2im scatter-add for dX. */
+ * Backward, over the same chunks of output pixels and the same scratch:
+ *   dW [OC, C*K*K] += dout [OC, P] @ col [C*K*K, P]^T   (col = conv2d_im2col again; the
+ *                     contraction runs over the chunk's pixels)
+ *   dcol [C*K*K, P] = weight^T @ dout,  dX += col2im(dcol)  (scatter-add, parallel over
+ *                     input channels, each owning its plane)
+ *   db [OC] += sum over images and pixels of dout.
+ * LoRA for convolutions (lora_conv2d_*) is at the end. */
 #include "kernels.h"
 
 #include <cblas.h>
@@ -21,8 +26,7 @@
 size_t conv2d_out_size(size_t H, size_t K, size_t stride, size_t pad_lo, size_t pad_hi)
 {
     size_t padded = H + pad_lo + pad_hi;
-    if (stride == 0 || padded < K)
-        return 0;
+    if (stride == 0 || padded < K) return 0;
     return (padded - K) / stride + 1;
 }
 
@@ -72,17 +76,15 @@ static void conv2d_fill_bias(float *out, const float *bias, size_t OC, size_t np
 }
 
 int conv2d_forward(float *out, const float *inp, const float *weight, const float *bias,
-                   float *scratch, size_t scratch_floats, size_t N, size_t C, size_t H,
-                   size_t W, size_t OC, size_t K, size_t stride, size_t pad_lo, size_t pad_hi)
+                   float *scratch, size_t scratch_floats, size_t N, size_t C, size_t H, size_t W,
+                   size_t OC, size_t K, size_t stride, size_t pad_lo, size_t pad_hi)
 {
     size_t OH = conv2d_out_size(H, K, stride, pad_lo, pad_hi);
     size_t OW = conv2d_out_size(W, K, stride, pad_lo, pad_hi);
     size_t P = OH * OW, rows = C * K * K;
     int direct = K == 1 && stride == 1 && pad_lo == 0 && pad_hi == 0;
-    if (!direct && scratch_floats < rows)
-        return -1;
-    if (N == 0 || OC == 0 || P == 0)
-        return 0;
+    if (!direct && scratch_floats < rows) return -1;
+    if (N == 0 || OC == 0 || P == 0) return 0;
     if (C == 0) {
         for (size_t n = 0; n < N; n++)
             conv2d_fill_bias(out + n * OC * P, bias, OC, P, P);
@@ -94,18 +96,16 @@ int conv2d_forward(float *out, const float *inp, const float *weight, const floa
         for (size_t n = 0; n < N; n++) {
             float *o = out + n * OC * P;
             conv2d_fill_bias(o, bias, OC, P, P);
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)OC, (int)P, (int)C,
-                        1.0f, weight, (int)C, inp + n * C * H * W, (int)P, 1.0f, o, (int)P);
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)OC, (int)P, (int)C, 1.0f,
+                        weight, (int)C, inp + n * C * H * W, (int)P, 1.0f, o, (int)P);
         }
         return 0;
     }
 
     /* pixels per chunk: whole output rows when possible */
     size_t chunk = scratch_floats / rows;
-    if (chunk > P)
-        chunk = P;
-    if (chunk >= OW)
-        chunk -= chunk % OW;
+    if (chunk > P) chunk = P;
+    if (chunk >= OW) chunk -= chunk % OW;
     for (size_t n = 0; n < N; n++) {
         const float *img = inp + n * C * H * W;
         float *o = out + n * OC * P;
@@ -113,10 +113,161 @@ int conv2d_forward(float *out, const float *inp, const float *weight, const floa
             size_t np = P - p0 < chunk ? P - p0 : chunk;
             conv2d_im2col(scratch, img, C, H, W, K, stride, pad_lo, OW, p0, p0 + np);
             conv2d_fill_bias(o + p0, bias, OC, np, P);
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)OC, (int)np,
-                        (int)rows, 1.0f, weight, (int)rows, scratch, (int)np, 1.0f, o + p0,
-                        (int)P);
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)OC, (int)np, (int)rows,
+                        1.0f, weight, (int)rows, scratch, (int)np, 1.0f, o + p0, (int)P);
         }
     }
     return 0;
+}
+
+/* Adjoint of conv2d_im2col: dinp [c, iy, ix] += col [r, p - p0] for every (r, p) that
+ * im2col read from (iy, ix). Parallel over input channels c (rows c*K*K .. c*K*K + K*K - 1
+ * all land in plane c, so no two threads write the same value). */
+void conv2d_col2im_add(float *dinp, const float *col, size_t C, size_t H, size_t W, size_t K,
+                       size_t stride, size_t pad, size_t OW, size_t p0, size_t p1)
+{
+    size_t np = p1 - p0;
+#pragma omp parallel for schedule(static)
+    for (size_t c = 0; c < C; c++) {
+        float *img = dinp + c * H * W;
+        for (size_t kk = 0; kk < K * K; kk++) {
+            size_t kh = kk / K, kw = kk % K;
+            const float *src = col + (c * K * K + kk) * np;
+            size_t p = p0;
+            while (p < p1) {
+                size_t oh = p / OW, ow = p % OW;
+                size_t n = OW - ow < p1 - p ? OW - ow : p1 - p;
+                size_t iys = oh * stride + kh;
+                if (iys >= pad && iys - pad < H) {
+                    float *dst = img + (iys - pad) * W;
+                    for (size_t t = 0; t < n; t++) {
+                        size_t ixs = (ow + t) * stride + kw;
+                        if (ixs >= pad && ixs - pad < W)
+                            dst[ixs - pad] += src[t];
+                    }
+                }
+                src += n;
+                p += n;
+            }
+        }
+    }
+}
+
+int conv2d_backward(float *dinp, float *dweight, float *dbias, const float *dout,
+                    const float *inp, const float *weight, float *scratch, size_t scratch_floats,
+                    size_t N, size_t C, size_t H, size_t W, size_t OC, size_t K, size_t stride,
+                    size_t pad_lo, size_t pad_hi)
+{
+    size_t OH = conv2d_out_size(H, K, stride, pad_lo, pad_hi);
+    size_t OW = conv2d_out_size(W, K, stride, pad_lo, pad_hi);
+    size_t P = OH * OW, rows = C * K * K;
+    int direct = K == 1 && stride == 1 && pad_lo == 0 && pad_hi == 0;
+    if (!direct && scratch_floats < rows && (dinp || dweight)) return -1;
+    if (N == 0 || OC == 0 || P == 0) return 0;
+
+    if (dbias) {
+#pragma omp parallel for schedule(static)
+        for (size_t oc = 0; oc < OC; oc++) {
+            double acc = 0.0;
+            for (size_t n = 0; n < N; n++) {
+                const float *g = dout + (n * OC + oc) * P;
+                float part[8] = {0}; /* 8 interleaved partial sums, then double */
+                size_t p = 0;
+                for (; p + 8 <= P; p += 8)
+                    for (int t = 0; t < 8; t++)
+                        part[t] += g[p + t];
+                for (; p < P; p++)
+                    acc += g[p];
+                for (int t = 0; t < 8; t++)
+                    acc += part[t];
+            }
+            dbias[oc] += (float)acc;
+        }
+    }
+    if (C == 0 || (!dinp && !dweight)) return 0;
+
+    if (direct) {
+        for (size_t n = 0; n < N; n++) {
+            const float *g = dout + n * OC * P;
+            if (dweight)
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)OC, (int)C, (int)P,
+                            1.0f, g, (int)P, inp + n * C * P, (int)P, 1.0f, dweight, (int)C);
+            if (dinp)
+                cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)C, (int)P, (int)OC,
+                            1.0f, weight, (int)C, g, (int)P, 1.0f, dinp + n * C * P, (int)P);
+        }
+        return 0;
+    }
+
+    size_t chunk = scratch_floats / rows;
+    if (chunk > P) chunk = P;
+    if (chunk >= OW) chunk -= chunk % OW;
+    for (size_t n = 0; n < N; n++) {
+        const float *img = inp + n * C * H * W;
+        const float *g = dout + n * OC * P;
+        for (size_t p0 = 0; p0 < P; p0 += chunk) {
+            size_t np = P - p0 < chunk ? P - p0 : chunk;
+            if (dweight) {
+                conv2d_im2col(scratch, img, C, H, W, K, stride, pad_lo, OW, p0, p0 + np);
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)OC, (int)rows, (int)np,
+                            1.0f, g + p0, (int)P, scratch, (int)np, 1.0f, dweight, (int)rows);
+            }
+            if (dinp) {
+                cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)rows, (int)np, (int)OC,
+                            1.0f, weight, (int)rows, g + p0, (int)P, 0.0f, scratch, (int)np);
+                conv2d_col2im_add(dinp + n * C * H * W, scratch, C, H, W, K, stride, pad_lo, OW,
+                                  p0, p0 + np);
+            }
+        }
+    }
+    return 0;
+}
+
+/* LoRA on a convolution (kohya-ss LoRAModule for Conv2d): down = conv K x K, stride, padding
+ * as the base layer, down [R, C, K, K]; up = 1x1 conv, up [OC, R, 1, 1]:
+ *   xa [N, R, OH, OW] = conv2d(inp, down),  out [N, OC, OH, OW] += scale * up @ xa [n].
+ * xa is saved for backward. scratch as conv2d_forward (C*K*K floats at least). */
+int lora_conv2d_forward(float *out, float *xa, const float *inp, const float *down,
+                        const float *up, float scale, float *scratch, size_t scratch_floats,
+                        size_t N, size_t C, size_t H, size_t W, size_t OC, size_t R, size_t K,
+                        size_t stride, size_t pad_lo, size_t pad_hi)
+{
+    if (conv2d_forward(xa, inp, down, NULL, scratch, scratch_floats, N, C, H, W, R, K, stride,
+                       pad_lo, pad_hi) != 0)
+        return -1;
+    size_t P = conv2d_out_size(H, K, stride, pad_lo, pad_hi) *
+               conv2d_out_size(W, K, stride, pad_lo, pad_hi);
+    if (P == 0 || OC == 0 || R == 0) return 0;
+    for (size_t n = 0; n < N; n++)
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)OC, (int)P, (int)R, scale, up,
+                    (int)R, xa + n * R * P, (int)P, 1.0f, out + n * OC * P, (int)P);
+    return 0;
+}
+
+/* Backward of lora_conv2d_forward, accumulating into dinp [N, C, H, W], ddown [R, C, K, K],
+ * dup [OC, R] (each may be NULL):
+ *   dup += scale * sum_n dout [n] @ xa [n]^T,  dxa [n] = scale * up^T @ dout [n],
+ *   then conv2d_backward(dinp, ddown, dxa) through the down convolution.
+ * dxa [N, R, OH, OW] is caller scratch, overwritten. */
+int lora_conv2d_backward(float *dinp, float *ddown, float *dup, float *dxa, const float *xa,
+                         const float *dout, const float *inp, const float *down, const float *up,
+                         float scale, float *scratch, size_t scratch_floats, size_t N, size_t C,
+                         size_t H, size_t W, size_t OC, size_t R, size_t K, size_t stride,
+                         size_t pad_lo, size_t pad_hi)
+{
+    size_t P = conv2d_out_size(H, K, stride, pad_lo, pad_hi) *
+               conv2d_out_size(W, K, stride, pad_lo, pad_hi);
+    if (P == 0 || OC == 0 || R == 0 || N == 0) return 0;
+    for (size_t n = 0; n < N; n++) {
+        const float *g = dout + n * OC * P;
+        if (dup)
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)OC, (int)R, (int)P, scale,
+                        g, (int)P, xa + n * R * P, (int)P, 1.0f, dup, (int)R);
+        if (dinp || ddown)
+            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)R, (int)P, (int)OC, scale,
+                        up, (int)R, g, (int)P, 0.0f, dxa + n * R * P, (int)P);
+    }
+    if (!dinp && !ddown) return 0;
+    return conv2d_backward(dinp, ddown, NULL, dxa, inp, down, scratch, scratch_floats, N, C, H, W,
+                           R, K, stride, pad_lo, pad_hi);
 }

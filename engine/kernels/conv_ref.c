@@ -9,8 +9,8 @@
 /* out [n, oc, oh, ow] = bias [oc] + sum_{c, kh, kw} weight [oc, c, kh, kw] *
  *   inp [n, c, oh*stride + kh - pad_lo, ow*stride + kw - pad_lo]  (zero outside) */
 void conv2d_forward_ref(float *out, const float *inp, const float *weight, const float *bias,
-                        size_t N, size_t C, size_t H, size_t W, size_t OC, size_t K,
-                        size_t stride, size_t pad_lo, size_t pad_hi)
+                        size_t N, size_t C, size_t H, size_t W, size_t OC, size_t K, size_t stride,
+                        size_t pad_lo, size_t pad_hi)
 {
     size_t OH = conv2d_out_size(H, K, stride, pad_lo, pad_hi);
     size_t OW = conv2d_out_size(W, K, stride, pad_lo, pad_hi);
@@ -24,11 +24,9 @@ void conv2d_forward_ref(float *out, const float *inp, const float *weight, const
                             for (size_t kw = 0; kw < K; kw++) {
                                 long iy = (long)(oh * stride + kh) - (long)pad_lo;
                                 long ix = (long)(ow * stride + kw) - (long)pad_lo;
-                                if (iy < 0 || ix < 0 || iy >= (long)H || ix >= (long)W)
-                                    continue;
+                                if (iy < 0 || ix < 0 || iy >= (long)H || ix >= (long)W) continue;
                                 acc += (double)weight[((oc * C + c) * K + kh) * K + kw] *
-                                       (double)inp[((n * C + c) * H + (size_t)iy) * W +
-                                                   (size_t)ix];
+                                       (double)inp[((n * C + c) * H + (size_t)iy) * W + (size_t)ix];
                             }
                     out[((n * OC + oc) * OH + oh) * OW + ow] = (float)acc;
                 }
@@ -36,8 +34,8 @@ void conv2d_forward_ref(float *out, const float *inp, const float *weight, const
 
 /* Two-pass statistics in double (mean, then sum of squared deviations). */
 void groupnorm_forward_ref(float *out, float *mean, float *rstd, const float *inp,
-                           const float *weight, const float *bias, size_t N, size_t C,
-                           size_t HW, size_t G, float eps, int silu)
+                           const float *weight, const float *bias, size_t N, size_t C, size_t HW,
+                           size_t G, float eps, int silu)
 {
     size_t cpg = C / G, M = cpg * HW;
     for (size_t n = 0; n < N; n++)
@@ -51,15 +49,12 @@ void groupnorm_forward_ref(float *out, float *mean, float *rstd, const float *in
                 var += ((double)x[i] - m) * ((double)x[i] - m);
             var /= (double)M;
             double rs = 1.0 / sqrt(var + (double)eps);
-            if (mean)
-                mean[n * G + g] = (float)m;
-            if (rstd)
-                rstd[n * G + g] = (float)rs;
+            if (mean) mean[n * G + g] = (float)m;
+            if (rstd) rstd[n * G + g] = (float)rs;
             for (size_t i = 0; i < M; i++) {
                 size_t c = g * cpg + i / HW;
                 double y = ((double)x[i] - m) * rs * weight[c] + bias[c];
-                if (silu)
-                    y = y / (1.0 + exp(-y));
+                if (silu) y = y / (1.0 + exp(-y));
                 out[(n * G + g) * M + i] = (float)y;
             }
         }
@@ -74,8 +69,8 @@ void upsample_nearest2x_forward_ref(float *out, const float *inp, size_t N, size
                 out[(nc * 2 * H + y) * 2 * W + x] = inp[(nc * H + y / 2) * W + x / 2];
 }
 
-void concat_channels_forward_ref(float *out, const float *a, const float *b, size_t N,
-                                 size_t Ca, size_t Cb, size_t HW)
+void concat_channels_forward_ref(float *out, const float *a, const float *b, size_t N, size_t Ca,
+                                 size_t Cb, size_t HW)
 {
     for (size_t n = 0; n < N; n++)
         for (size_t c = 0; c < Ca + Cb; c++)
@@ -96,8 +91,7 @@ void timestep_embedding_ref(float *out, const float *timesteps, size_t N, size_t
             out[n * dim + (flip_sin_to_cos ? half + i : i)] = (float)sin(arg);
             out[n * dim + (flip_sin_to_cos ? i : half + i)] = (float)cos(arg);
         }
-        if (dim % 2)
-            out[n * dim + dim - 1] = 0.0f;
+        if (dim % 2) out[n * dim + dim - 1] = 0.0f;
     }
 }
 

@@ -1,6 +1,14 @@
-/* Kernels: explicit forward (and, later, backward) functions over raw float arrays.
- * Argument order: outputs, saved activations, inputs, weights, sizes. Shapes in PyTorch
- * order. Each fast kernel has a plain *_ref twin (dense_ref.c, attention_ref.c, conv_ref.c) used by the tests.
+/* Kernels: explicit forward and backward functions over raw float arrays.
+ * Forward argument order: outputs, saved activations, inputs, weights, sizes.
+ * Backward (llm.c style, each *_backward beside its *_forward in the same .c file):
+ *   gradients written (dinp, then dweight, dbias; or LoRA's dinp, ddown, dup), saved
+ *   activations (mean/rstd, lse, out, xa), upstream gradient dout, forward inputs, weights,
+ *   scratch, sizes.
+ * Backward ACCUMULATES (+=) into every gradient it writes (the caller zeroes them once per
+ * step); a NULL gradient pointer skips that gradient's work entirely (frozen weights get
+ * dweight = dbias = NULL, the first layer dinp = NULL). Scratch arguments are overwritten.
+ * Shapes in PyTorch order. Each fast kernel has a plain *_ref twin (dense_ref.c,
+ * attention_ref.c, conv_ref.c, grad_ref.c) used by the tests.
  * No kernel allocates; none calls BLAS from inside an OpenMP parallel region.
  * SPDX-License-Identifier: GPL-3.0-or-later */
 #ifndef DB_KERNELS_H
@@ -25,6 +33,39 @@ void silu_forward(float *out, const float *inp, size_t n);
 /* out [n] += inp [n] */
 void residual_add(float *out, const float *inp, size_t n);
 
+/* Backward: dinp [n] += dout [n] * f'(inp [n]); inp is the forward input. gelu uses the same
+ * Phi as gelu_forward and geglu (vmath.h). */
+void gelu_backward(float *dinp, const float *dout, const float *inp, size_t n);
+void quick_gelu_backward(float *dinp, const float *dout, const float *inp, size_t n);
+void silu_backward(float *dinp, const float *dout, const float *inp, size_t n);
+/* out = out + inp: both operands get dout; this adds it to the other operand's gradient,
+ * dinp [n] += dout [n]. */
+void residual_backward(float *dinp, const float *dout, size_t n);
+
+/* linear: dinp [N, IC] += dout [N, OC] @ weight [OC, IC]; dweight [OC, IC] += dout^T @ inp;
+ * dbias [OC] += sum_n dout. Each of dinp, dweight, dbias may be NULL. sgemm. */
+void linear_backward(float *dinp, float *dweight, float *dbias, const float *dout,
+                     const float *inp, const float *weight, size_t N, size_t IC, size_t OC);
+
+/* Layer norm backward with the saved mean, rstd [N]: dinp [N, C], dweight, dbias [C] (each may
+ * be NULL); dout, inp [N, C]; weight [C]. */
+void layernorm_backward(float *dinp, float *dweight, float *dbias, const float *mean,
+                        const float *rstd, const float *dout, const float *inp,
+                        const float *weight, size_t N, size_t C);
+
+/* LoRA on a linear layer (kohya-ss LoRAModule): down [R, IC] ("lora_down"), up [OC, R]
+ * ("lora_up"), scale = alpha / R. Forward: xa [N, R] = inp [N, IC] @ down^T (saved),
+ * out [N, OC] += scale * xa @ up^T (adds to the base layer's output).
+ * Backward: dup [OC, R] += scale * dout^T @ xa; dxa = scale * dout @ up (dxa [N, R] is
+ * scratch, overwritten); ddown [R, IC] += dxa^T @ inp; dinp [N, IC] += dxa @ down. dinp,
+ * ddown, dup may each be NULL. */
+void lora_linear_forward(float *out, float *xa, const float *inp, const float *down,
+                         const float *up, float scale, size_t N, size_t IC, size_t OC, size_t R);
+void lora_linear_backward(float *dinp, float *ddown, float *dup, float *dxa, const float *xa,
+                          const float *dout, const float *inp, const float *down,
+                          const float *up, float scale, size_t N, size_t IC, size_t OC,
+                          size_t R);
+
 /* Scaled dot-product attention, never materialising [B, H, Nq, Nk]: tiled with online
  * softmax. q [B, Nq, H*D], k [B, Nk, H*D], v [B, Nk, H*D] (head h in columns h*D..h*D+D-1),
  * out [B, Nq, H*D]; lse [B, H, Nq] receives the row log-sum-exp of the scaled scores for
@@ -32,6 +73,16 @@ void residual_add(float *out, const float *inp, size_t n);
 void attention_forward(float *out, float *lse, const float *q, const float *k, const float *v,
                        size_t B, size_t Nq, size_t Nk, size_t H, size_t D, float scale,
                        int causal);
+
+/* Attention backward (flash style, recomputing score tiles from q, k, v and the saved lse;
+ * no [Nq, Nk] buffer): dq [B, Nq, H*D], dk, dv [B, Nk, H*D] accumulate; out [B, Nq, H*D] and
+ * lse [B, H, Nq] as saved by attention_forward; dout [B, Nq, H*D]; q, k, v, sizes, scale,
+ * causal as the forward. OpenMP over (b, h), or over key tiles then query tiles when B*H is
+ * small; each gradient row has one writer, and the result does not depend on the threads. */
+void attention_backward(float *dq, float *dk, float *dv, const float *out, const float *lse,
+                        const float *dout, const float *q, const float *k, const float *v,
+                        size_t B, size_t Nq, size_t Nk, size_t H, size_t D, float scale,
+                        int causal);
 
 /* Plain references (tests only). */
 void linear_forward_ref(float *out, const float *inp, const float *weight, const float *bias,
@@ -64,10 +115,43 @@ void conv2d_im2col(float *col, const float *inp, size_t C, size_t H, size_t W, s
  * as many output pixels as fit (whole output rows when at least C*K*K*OW floats). It needs at
  * least C*K*K floats, except for K = 1, stride 1, no padding, which needs none (scratch may
  * be NULL). Returns 0, or -1 (nothing written) when scratch is too small.
+ * Calls sgemm: call it from outside any OpenMP parallel region.
  * Saves nothing: backward needs inp and weight (dW recomputes im2col chunks). */
 int conv2d_forward(float *out, const float *inp, const float *weight, const float *bias,
                    float *scratch, size_t scratch_floats, size_t N, size_t C, size_t H,
                    size_t W, size_t OC, size_t K, size_t stride, size_t pad_lo, size_t pad_hi);
+
+/* Adjoint of conv2d_im2col: dinp [C, H, W] += col2im(col [C*K*K, p1-p0]) (same layout).
+ * OpenMP over channels inside; no BLAS. */
+void conv2d_col2im_add(float *dinp, const float *col, size_t C, size_t H, size_t W, size_t K,
+                       size_t stride, size_t pad, size_t OW, size_t p0, size_t p1);
+
+/* Backward of conv2d_forward, accumulating: dinp [N, C, H, W] += col2im(weight^T @ dout),
+ * dweight [OC, C, K, K] += dout @ im2col(inp)^T, dbias [OC] += sum over n, pixels of dout
+ * (each may be NULL: dweight = NULL skips the im2col and its GEMM). dout [N, OC, OH, OW];
+ * inp, weight, sizes as the forward; scratch as the forward (same chunks, same minimum).
+ * Returns 0, or -1 (nothing written) when scratch is too small. Calls sgemm: call it from
+ * outside any OpenMP parallel region. */
+int conv2d_backward(float *dinp, float *dweight, float *dbias, const float *dout,
+                    const float *inp, const float *weight, float *scratch, size_t scratch_floats,
+                    size_t N, size_t C, size_t H, size_t W, size_t OC, size_t K, size_t stride,
+                    size_t pad_lo, size_t pad_hi);
+
+/* LoRA on a convolution: down [R, C, K, K] (stride, padding of the base layer), up [OC, R]
+ * (1x1). Forward: xa [N, R, OH, OW] = conv2d(inp, down) (saved), out [N, OC, OH, OW] +=
+ * scale * up @ xa. Backward: dup [OC, R] += scale * sum_n dout @ xa^T; dxa = scale * up^T @
+ * dout (dxa [N, R, OH, OW] scratch, overwritten); ddown, dinp through conv2d_backward. dinp,
+ * ddown, dup may each be NULL. scratch as conv2d_forward with C input channels. Return 0 or -1
+ * as conv2d_forward. */
+int lora_conv2d_forward(float *out, float *xa, const float *inp, const float *down,
+                        const float *up, float scale, float *scratch, size_t scratch_floats,
+                        size_t N, size_t C, size_t H, size_t W, size_t OC, size_t R, size_t K,
+                        size_t stride, size_t pad_lo, size_t pad_hi);
+int lora_conv2d_backward(float *dinp, float *ddown, float *dup, float *dxa, const float *xa,
+                         const float *dout, const float *inp, const float *down, const float *up,
+                         float scale, float *scratch, size_t scratch_floats, size_t N, size_t C,
+                         size_t H, size_t W, size_t OC, size_t R, size_t K, size_t stride,
+                         size_t pad_lo, size_t pad_hi);
 
 /* Group norm (torch.nn.GroupNorm, biased variance), optionally followed by SiLU:
  * out [N, C, HW] = silu?((inp - mean[n, g]) * rstd[n, g] * weight [C] + bias [C]), groups of
@@ -78,27 +162,45 @@ void groupnorm_forward(float *out, float *mean, float *rstd, const float *inp,
                        const float *weight, const float *bias, size_t N, size_t C, size_t HW,
                        size_t G, float eps, int silu);
 
+/* Group norm backward (with silu: through the SiLU too, recomputing the pre-SiLU value from
+ * inp, the saved mean, rstd [N, G], weight and bias): dinp [N, C, HW], dweight, dbias [C]
+ * (each may be NULL); dout, inp [N, C, HW]; weight, bias [C]. */
+void groupnorm_backward(float *dinp, float *dweight, float *dbias, const float *mean,
+                        const float *rstd, const float *dout, const float *inp,
+                        const float *weight, const float *bias, size_t N, size_t C, size_t HW,
+                        size_t G, int silu);
+
 /* Nearest-neighbour 2x upsampling (F.interpolate(scale_factor=2, mode="nearest")):
  * out [N, C, 2H, 2W], inp [N, C, H, W]. Saves nothing. */
 void upsample_nearest2x_forward(float *out, const float *inp, size_t N, size_t C, size_t H,
                                 size_t W);
+/* dinp [N, C, H, W] += sum of each 2x2 block of dout [N, C, 2H, 2W]. */
+void upsample_nearest2x_backward(float *dinp, const float *dout, size_t N, size_t C, size_t H,
+                                 size_t W);
 
 /* Concatenation along channels (torch.cat([a, b], dim=1)): out [N, Ca+Cb, HW],
  * a [N, Ca, HW], b [N, Cb, HW]. */
 void concat_channels_forward(float *out, const float *a, const float *b, size_t N, size_t Ca,
                              size_t Cb, size_t HW);
+/* da [N, Ca, HW] += dout [:, :Ca], db [N, Cb, HW] += dout [:, Ca:] (either may be NULL). */
+void concat_channels_backward(float *da, float *db, const float *dout, size_t N, size_t Ca,
+                              size_t Cb, size_t HW);
 
 /* Sinusoidal timestep embedding as diffusers get_timestep_embedding (max_period 10000,
  * scale 1): half = dim / 2, freq [i] = exp(-ln(10000) * i / (half - freq_shift)),
  * out [N, dim] = [sin(t freq), cos(t freq)] ([cos, sin] with flip_sin_to_cos), a zero last
  * column when dim is odd; t = timesteps [N]. Arguments rounded to float as PyTorch does.
- * SD UNets: flip_sin_to_cos = 1, freq_shift = 0. */
+ * SD UNets: flip_sin_to_cos = 1, freq_shift = 0. No backward: the timesteps need no gradient
+ * and the embedding has no parameters. */
 void timestep_embedding(float *out, const float *timesteps, size_t N, size_t dim,
                         int flip_sin_to_cos, float freq_shift);
 
 /* GEGLU (diffusers GEGLU after its proj): inp [N, 2F] = [a | b] (chunk(2, dim=-1)),
  * out [N, F] = a * gelu(b), erf form. Backward needs inp. */
 void geglu_forward(float *out, const float *inp, size_t N, size_t F);
+/* dinp [N, 2F] = [da | db] += [dout * gelu(b) | dout * a * gelu'(b)]; dout [N, F]; inp the
+ * forward input. */
+void geglu_backward(float *dinp, const float *dout, const float *inp, size_t N, size_t F);
 
 /* Plain references (tests only), double accumulation. */
 void conv2d_forward_ref(float *out, const float *inp, const float *weight, const float *bias,

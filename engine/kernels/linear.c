@@ -1,4 +1,4 @@
-/* Linear (fully connected) layer on OpenBLAS sgemm.
+/* Linear (fully connected) layer on OpenBLAS sgemm, forward and backward, and its LoRA.
  * SPDX-License-Identifier: GPL-3.0-or-later */
 #include "kernels.h"
 
@@ -26,4 +26,75 @@ void linear_forward(float *out, const float *inp, const float *weight, const flo
     }
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (blasint)N, (blasint)OC, (blasint)IC,
                 1.0f, inp, (blasint)IC, weight, (blasint)IC, beta, out, (blasint)OC);
+}
+
+/* Backward of linear_forward, accumulating:
+ *   dinp [N, IC] += dout [N, OC] @ weight [OC, IC]
+ *   dweight [OC, IC] += dout^T @ inp [N, IC],  dbias [OC] += sum_n dout [n, :]
+ * Any of dinp, dweight, dbias may be NULL (frozen weight, first layer): its GEMM is skipped. */
+void linear_backward(float *dinp, float *dweight, float *dbias, const float *dout,
+                     const float *inp, const float *weight, size_t N, size_t IC, size_t OC)
+{
+    if (N == 0 || OC == 0)
+        return;
+    if (dinp && IC > 0)
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (blasint)N, (blasint)IC,
+                    (blasint)OC, 1.0f, dout, (blasint)OC, weight, (blasint)IC, 1.0f, dinp,
+                    (blasint)IC);
+    if (dweight && IC > 0)
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (blasint)OC, (blasint)IC,
+                    (blasint)N, 1.0f, dout, (blasint)OC, inp, (blasint)IC, 1.0f, dweight,
+                    (blasint)IC);
+    if (dbias) {
+        /* parallel over blocks of output columns (each owns its dbias entries), rows inner */
+        size_t nblk = (OC + 63) / 64;
+#pragma omp parallel for schedule(static)
+        for (size_t blk = 0; blk < nblk; blk++) {
+            size_t o0 = blk * 64, no = OC - o0 < 64 ? OC - o0 : 64;
+            double acc[64] = {0};
+            for (size_t n = 0; n < N; n++)
+                for (size_t o = 0; o < no; o++)
+                    acc[o] += dout[n * OC + o0 + o];
+            for (size_t o = 0; o < no; o++)
+                dbias[o0 + o] += (float)acc[o];
+        }
+    }
+}
+
+/* LoRA (kohya-ss networks/lora.py LoRAModule, linear): out [N, OC] += scale * xa @ up^T with
+ * xa [N, R] = inp [N, IC] @ down^T; down [R, IC] ("lora_down"), up [OC, R] ("lora_up"),
+ * scale = alpha / R (times the multiplier). xa is saved for backward. */
+void lora_linear_forward(float *out, float *xa, const float *inp, const float *down,
+                         const float *up, float scale, size_t N, size_t IC, size_t OC, size_t R)
+{
+    if (N == 0 || R == 0)
+        return;
+    linear_forward(xa, inp, down, NULL, N, IC, R);
+    if (OC == 0)
+        return;
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (blasint)N, (blasint)OC, (blasint)R,
+                scale, xa, (blasint)R, up, (blasint)R, 1.0f, out, (blasint)OC);
+}
+
+/* Backward of lora_linear_forward, accumulating into dinp [N, IC], ddown [R, IC], dup [OC, R]
+ * (each may be NULL):
+ *   dup += scale * dout^T @ xa,   dxa = scale * dout @ up,
+ *   ddown += dxa^T @ inp,          dinp += dxa @ down.
+ * dxa [N, R] is caller scratch, overwritten. xa [N, R] as saved by the forward. */
+void lora_linear_backward(float *dinp, float *ddown, float *dup, float *dxa, const float *xa,
+                          const float *dout, const float *inp, const float *down,
+                          const float *up, float scale, size_t N, size_t IC, size_t OC,
+                          size_t R)
+{
+    if (N == 0 || R == 0 || OC == 0)
+        return;
+    if (dup)
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (blasint)OC, (blasint)R,
+                    (blasint)N, scale, dout, (blasint)OC, xa, (blasint)R, 1.0f, dup,
+                    (blasint)R);
+    if (!ddown && !dinp)
+        return;
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (blasint)N, (blasint)R, (blasint)OC,
+                scale, dout, (blasint)OC, up, (blasint)R, 0.0f, dxa, (blasint)R);
+    linear_backward(dinp, ddown, NULL, dxa, inp, down, N, IC, R);
 }

@@ -36,3 +36,36 @@ void concat_channels_forward(float *out, const float *a, const float *b, size_t 
         memcpy(out + n * (na + nb) + na, b + n * nb, nb * sizeof(float));
     }
 }
+
+/* Backward of upsample_nearest2x_forward: dinp [n, c, y, x] += sum of the 2x2 block
+ * dout [n, c, 2y .. 2y+1, 2x .. 2x+1]. Parallel over input rows (each owns its dinp row). */
+void upsample_nearest2x_backward(float *dinp, const float *dout, size_t N, size_t C, size_t H,
+                                 size_t W)
+{
+    size_t OW = 2 * W;
+#pragma omp parallel for schedule(static)
+    for (size_t row = 0; row < N * C * H; row++) {
+        const float *g0 = dout + 2 * row * OW, *g1 = g0 + OW;
+        float *dx = dinp + row * W;
+        for (size_t i = 0; i < W; i++)
+            dx[i] += (g0[2 * i] + g0[2 * i + 1]) + (g1[2 * i] + g1[2 * i + 1]);
+    }
+}
+
+/* Backward of concat_channels_forward: da [n] += dout [n] first Ca*HW floats, db [n] += the
+ * last Cb*HW floats. da or db may be NULL (that branch gets no gradient). */
+void concat_channels_backward(float *da, float *db, const float *dout, size_t N, size_t Ca,
+                              size_t Cb, size_t HW)
+{
+    size_t na = Ca * HW, nb = Cb * HW;
+#pragma omp parallel for schedule(static)
+    for (size_t n = 0; n < N; n++) {
+        const float *g = dout + n * (na + nb);
+        if (da)
+            for (size_t i = 0; i < na; i++)
+                da[n * na + i] += g[i];
+        if (db)
+            for (size_t i = 0; i < nb; i++)
+                db[n * nb + i] += g[na + i];
+    }
+}

@@ -15,6 +15,7 @@ Tiled (`--tile N`, tiles smaller than the input): the same tiles and linear blen
   computed with the reference module (tiled_ref below) <= 1e-5; the difference to untiled is
   printed (it is expected: group norms and attention see one tile) and must stay below
   TILED_VS_UNTILED.
+--api PATH: runs tests/test_vae_api.c (progress, cancel, argument checks) on each tiny model.
 Exit status 1 on any failure (also when torch is missing).
 """
 import argparse
@@ -136,7 +137,16 @@ SIZES = {  # kind: (encoder image sizes [(B, H, W)], decoder latent sizes [(B, h
 }
 
 
-def run_model(cli, work, kind, layout, dtype, g, tiled=False):
+def run_api(api, model, name):
+    p = subprocess.run([api, model], capture_output=True, text=True, timeout=300)
+    out = (p.stdout + p.stderr).strip()
+    if p.returncode != 0:
+        fail("%s: test_vae_api exit %d: %s" % (name, p.returncode, out[-2000:]))
+    else:
+        print("ok   %s: %s" % (name, out.splitlines()[-1] if out else "test_vae_api"))
+
+
+def run_model(cli, work, kind, layout, dtype, g, tiled=False, api=None):
     name = "%s %s %s" % (kind, layout, dtype)
     d = os.path.join(work, "%s-%s-%s" % (kind, layout, dtype))
     os.makedirs(d, exist_ok=True)
@@ -171,6 +181,8 @@ def run_model(cli, work, kind, layout, dtype, g, tiled=False):
             check(what + " sample", got.get("sample"), ref)
         if tiled:
             run_tiled(cli, out, d, name, vae, f, g)
+    if api:
+        run_api(api, out, name)
 
 
 def run_tiled(cli, out, d, name, vae, f, g):
@@ -219,6 +231,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--cli", required=True)
     ap.add_argument("--bpe", help="unused (uniform test arguments)")
+    ap.add_argument("--api", help="test_vae_api executable")
     ap.add_argument("--workdir")
     a = ap.parse_args()
     if not os.access(a.cli, os.X_OK):
@@ -232,8 +245,9 @@ def main():
         for kind in ("tiny-sd1", "tiny-sd2"):
             for layout in ("diffusers", "single-file"):
                 for dtype in ("f32", "f16"):
-                    run_model(a.cli, work, kind, layout, dtype, g,
-                              tiled=(layout == "diffusers" and dtype == "f32"))
+                    first = layout == "diffusers" and dtype == "f32"
+                    run_model(a.cli, work, kind, layout, dtype, g, tiled=first,
+                              api=a.api if first else None)
         run_model(a.cli, work, "tiny-sd2", "single-file", "bf16", g)
     except Exception as ex:
         import traceback
