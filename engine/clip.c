@@ -16,6 +16,7 @@
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 #define T_CTX ((size_t)DB_CONTEXT_LEN)
 
@@ -223,10 +224,85 @@ void clip_state_free(void *state)
     free(s);
 }
 
+/* ---- Trainable view ----------------------------------------------------------------- */
+
+_Static_assert(sizeof(ClipLayerGrads) == sizeof(ClipLayerParams) &&
+                   offsetof(ClipLayerGrads, fc2_b) == offsetof(ClipLayerParams, fc2_b) &&
+                   offsetof(ClipLayerGrads, q_w) == offsetof(ClipLayerParams, q_w),
+               "ClipLayerGrads must mirror ClipLayerParams (clip_layer_table offsets)");
+
+DbStatus clip_train_view_build(ClipTrainView *v, const ClipParams *base, const ClipConfig *c,
+                               TrainParams *tp, DbError *err)
+{
+    static const char *const lora_names[CLIP_LORA_SLOTS] = {
+        "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.out_proj",
+        "mlp.fc1", "mlp.fc2"};
+    const size_t L = (size_t)c->layers;
+    memset(v, 0, sizeof *v);
+    v->layers = calloc(L, sizeof *v->layers);
+    v->glayers = calloc(L, sizeof *v->glayers);
+    v->lora = calloc(L, sizeof *v->lora);
+    v->glora = calloc(L, sizeof *v->glora);
+    if (!v->layers || !v->glayers || !v->lora || !v->glora) {
+        clip_train_view_free(v);
+        return db_fail(err, DB_ERR_NOMEM, "text encoder: out of memory");
+    }
+    v->p = *base;
+    v->p.layer = v->layers;
+    v->g.layer = v->glayers;
+    train_params_bind_reset(tp);
+    train_params_bind(tp, "text_model.embeddings.token_embedding.weight", &v->p.token_embedding,
+                      &v->g.token_embedding);
+    train_params_bind(tp, "text_model.embeddings.position_embedding.weight",
+                      &v->p.position_embedding, &v->g.position_embedding);
+    train_params_bind(tp, "text_model.final_layer_norm.weight", &v->p.lnf_w, &v->g.lnf_w);
+    train_params_bind(tp, "text_model.final_layer_norm.bias", &v->p.lnf_b, &v->g.lnf_b);
+    char name[160];
+    int any_lora = 0;
+    for (size_t l = 0; l < L; l++) {
+        v->layers[l] = base->layer[l];
+        for (size_t i = 0; i < sizeof clip_layer_table / sizeof clip_layer_table[0]; i++) {
+            const LayerParamEntry *e = &clip_layer_table[i];
+            snprintf(name, sizeof name, "text_model.encoder.layers.%zu.%s", l, e->name);
+            train_params_bind(tp, name, (const float **)((char *)&v->layers[l] + e->offset),
+                              (float **)((char *)&v->glayers[l] + e->offset));
+        }
+        ClipLayerLora *lo = &v->lora[l];
+        ClipLayerLoraGrads *go = &v->glora[l];
+        LoraParams *lp[CLIP_LORA_SLOTS] = {&lo->q, &lo->k, &lo->v, &lo->o, &lo->fc1, &lo->fc2};
+        LoraGrads *lg[CLIP_LORA_SLOTS] = {&go->q, &go->k, &go->v, &go->o, &go->fc1, &go->fc2};
+        for (size_t j = 0; j < CLIP_LORA_SLOTS; j++) {
+            snprintf(name, sizeof name, "text_model.encoder.layers.%zu.%s", l, lora_names[j]);
+            train_params_bind_lora(tp, name, lp[j], lg[j]);
+            any_lora |= lp[j]->down != NULL;
+        }
+    }
+    if (any_lora) {
+        v->p.lora = v->lora;
+        v->g.lora = v->glora;
+    }
+    if (train_params_bound(tp) != train_params_count_tensors(tp)) {
+        size_t n = train_params_count_tensors(tp) - train_params_bound(tp);
+        clip_train_view_free(v);
+        return db_fail(err, DB_ERR_MODEL, "text encoder: %zu trainable tensor(s) have no place "
+                       "in the network", n);
+    }
+    return DB_OK;
+}
+
+void clip_train_view_free(ClipTrainView *v)
+{
+    free(v->layers);
+    free(v->glayers);
+    free(v->lora);
+    free(v->glora);
+    memset(v, 0, sizeof *v);
+}
+
 /* ---- Activations ------------------------------------------------------------------ */
 
 DbStatus clip_acts_size(size_t *nfloats, const ClipConfig *c, size_t B, int save_all,
-                        DbError *err)
+                        size_t lora_rank, DbError *err)
 {
     size_t BT, BTD, BTI, BHT, per_layer, res, total, t;
     size_t L = save_all ? (size_t)c->layers : 1;
@@ -235,6 +311,9 @@ DbStatus clip_acts_size(size_t *nfloats, const ClipConfig *c, size_t B, int save
              /* ln1, q, k, v, att, res2, ln2: 7 x BTD; 4 statistics x BT; lse; fc1, act */
              mul_ok(&per_layer, BTD, 7) && mul_ok(&t, BT, 4) && add_ok(&per_layer, per_layer, t) &&
              add_ok(&per_layer, per_layer, BHT) && mul_ok(&t, BTI, 2) &&
+             add_ok(&per_layer, per_layer, t) &&
+             /* LoRA xa: 6 slots of BT x R */
+             mul_ok(&t, BT, lora_rank) && mul_ok(&t, t, CLIP_LORA_SLOTS) &&
              add_ok(&per_layer, per_layer, t) && mul_ok(&total, per_layer, L) &&
              mul_ok(&res, BTD, L + 1) && add_ok(&total, total, res) && mul_ok(&t, BT, 2) &&
              add_ok(&total, total, t) && mul_ok(&t, total, sizeof(float));
@@ -245,7 +324,8 @@ DbStatus clip_acts_size(size_t *nfloats, const ClipConfig *c, size_t B, int save
     return DB_OK;
 }
 
-void clip_acts_carve(ClipActs *a, float *mem, const ClipConfig *c, size_t B, int save_all)
+void clip_acts_carve(ClipActs *a, float *mem, const ClipConfig *c, size_t B, int save_all,
+                     size_t lora_rank)
 {
     const size_t L = save_all ? (size_t)c->layers : 1;
     const size_t BT = B * T_CTX, BTD = BT * (size_t)c->hidden;
@@ -269,7 +349,9 @@ void clip_acts_carve(ClipActs *a, float *mem, const ClipConfig *c, size_t B, int
     a->fc1 = p, p += L * BTI;
     a->act = p, p += L * BTI;
     a->lnf_mean = p, p += BT;
-    a->lnf_rstd = p;
+    a->lnf_rstd = p, p += BT;
+    a->lora_rank = lora_rank;
+    a->lora_xa = lora_rank ? p : NULL;
 }
 
 /* ---- Forward ---------------------------------------------------------------------- */
@@ -287,6 +369,15 @@ static void clip_embed(float *x, const int32_t *ids, const float *tok, const flo
         for (size_t d = 0; d < D; d++)
             o[d] = te[d] + pe[d];
     }
+}
+
+/* Adds the LoRA term of one linear (no-op without an adapter): out [N, OC] += scale *
+ * (inp [N, IC] @ down^T) @ up^T, saving xa [N, r]. */
+static void clip_lora_forward(float *out, float *xa, const float *inp, const LoraParams *lp,
+                              size_t N, size_t IC, size_t OC)
+{
+    if (lp->down)
+        lora_linear_forward(out, xa, inp, lp->down, lp->up, lp->scale, N, IC, OC, lp->rank);
 }
 
 void clip_forward(float *out, ClipActs *a, const int32_t *ids, const ClipParams *p,
@@ -311,6 +402,11 @@ void clip_forward(float *out, ClipActs *a, const int32_t *ids, const ClipParams 
         float *q = a->q + l * s_btd, *k = a->k + l * s_btd, *v = a->v + l * s_btd;
         float *att = a->att + l * s_btd, *res2 = a->res2 + l * s_btd;
         float *fc1 = a->fc1 + l * s_bti, *act = a->act + l * s_bti;
+        const ClipLayerLora *lo = p->lora ? &p->lora[l] : NULL;
+        /* LoRA xa slot j of this layer: [BT, R] */
+        const size_t s_xa = BT * a->lora_rank;
+        float *xa = a->lora_xa ? a->lora_xa + (a->save_all ? l : 0) * CLIP_LORA_SLOTS * s_xa
+                               : NULL;
 
         /* self-attention block: res2 = res + out_proj(attention(ln1(res))) */
         layernorm_forward(ln1, a->ln1_mean + l * s_bt, a->ln1_rstd + l * s_bt, res, lp->ln1_w,
@@ -318,17 +414,25 @@ void clip_forward(float *out, ClipActs *a, const int32_t *ids, const ClipParams 
         linear_forward(q, ln1, lp->q_w, lp->q_b, BT, D, D);
         linear_forward(k, ln1, lp->k_w, lp->k_b, BT, D, D);
         linear_forward(v, ln1, lp->v_w, lp->v_b, BT, D, D);
+        if (lo) {
+            clip_lora_forward(q, xa + 0 * s_xa, ln1, &lo->q, BT, D, D);
+            clip_lora_forward(k, xa + 1 * s_xa, ln1, &lo->k, BT, D, D);
+            clip_lora_forward(v, xa + 2 * s_xa, ln1, &lo->v, BT, D, D);
+        }
         attention_forward(att, a->att_lse + l * s_bht, q, k, v, B, T_CTX, T_CTX, H, hd, scale,
                           1);
         linear_forward(res2, att, lp->o_w, lp->o_b, BT, D, D);
+        if (lo) clip_lora_forward(res2, xa + 3 * s_xa, att, &lo->o, BT, D, D);
         residual_add(res2, res, BTD);
 
         /* MLP block: res_next = res2 + fc2(act(fc1(ln2(res2)))) */
         layernorm_forward(ln2, a->ln2_mean + l * s_bt, a->ln2_rstd + l * s_bt, res2, lp->ln2_w,
                           lp->ln2_b, BT, D, c->ln_eps);
         linear_forward(fc1, ln2, lp->fc1_w, lp->fc1_b, BT, D, I);
+        if (lo) clip_lora_forward(fc1, xa + 4 * s_xa, ln2, &lo->fc1, BT, D, I);
         act_fn(act, fc1, BTI);
         linear_forward(res_next, act, lp->fc2_w, lp->fc2_b, BT, I, D);
+        if (lo) clip_lora_forward(res_next, xa + 5 * s_xa, act, &lo->fc2, BT, I, D);
         residual_add(res_next, res2, BTD);
     }
     layernorm_forward(out, a->lnf_mean, a->lnf_rstd, a->res + (size_t)c->layers * s_btd,
@@ -363,14 +467,14 @@ DbStatus db_text_encoder_forward(DbModel *m, const int32_t *ids, int batch, floa
         m->text_state = s;
     }
     size_t n;
-    if ((st = clip_acts_size(&n, &m->clip, B, 0, err)) != DB_OK)
+    if ((st = clip_acts_size(&n, &m->clip, B, 0, 0, err)) != DB_OK)
         return st;
     float *mem = malloc(n * sizeof *mem);
     if (!mem)
         return db_fail(err, DB_ERR_NOMEM, "text encoder: cannot allocate %.1f MiB of activations",
                        (double)n * sizeof *mem / 1048576.0);
     ClipActs acts;
-    clip_acts_carve(&acts, mem, &m->clip, B, 0);
+    clip_acts_carve(&acts, mem, &m->clip, B, 0, 0);
     clip_forward(out, &acts, ids, clip_state_params(m->text_state), &m->clip);
     free(mem);
     return DB_OK;

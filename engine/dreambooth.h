@@ -169,6 +169,62 @@ DbStatus db_init_model(const char *arch, const char *out, const DbInitModelOptio
                        DbInitModelReport *report, DbProgressFn progress, void *user,
                        DbError *err);
 
+/* ---- LoRA ------------------------------------------------------------------------------ */
+
+/* Merges a LoRA file into working copies of the weights it touches:
+ * W' = W + weight * alpha / r * up @ down (convolutions too). Reads kohya files
+ * (lora_unet_<module, dots as _>.lora_down.weight / .lora_up.weight / .alpha, lora_te_...)
+ * and diffusers/PEFT files (unet.<module>.lora_A.weight / lora_B.weight, text_encoder....;
+ * scale 1 unless an .alpha tensor is present). The mapped model files are never written: each
+ * affected weight becomes an F32 copy owned by the model. Every key is checked before any
+ * weight changes: an unknown module, a missing half or a shape mismatch fails with one line
+ * naming the file and the key, leaving the model as it was. Call before generating (it drops
+ * the text encoder's cached weights). Several files (or the same one twice) add up. */
+DbStatus db_model_apply_lora(DbModel *m, const char *path, float weight, DbError *err);
+
+/* ---- Generation (txt2img) -------------------------------------------------------------- */
+
+/* Called after each image: latent [C, h, w] as the sampler left it (scaled space, before
+ * dividing by vae_scaling_factor: diffusers' output_type="latent"), image [3, H, W] the VAE
+ * output (about [-1, 1], not clamped). Returning an error stops db_generate with it. */
+typedef DbStatus (*DbGenerateImageFn)(void *user, int index, uint64_t seed, const float *latent,
+                                      const float *image, DbError *err);
+
+typedef struct {
+    const char *prompt;        /* required */
+    const char *negative;      /* NULL = "" */
+    const char *sampler;       /* ddim, euler, euler-a, dpm++2m, dpm++2m-karras (NULL), ddpm */
+    int steps;                 /* 1..1000; 0 = 25 */
+    float cfg;                 /* guidance scale in [0, 100]; <= 1: the prompt alone, one UNet
+                                  batch (diffusers' guidance_scale > 1 rule), else uncond and cond
+                                  in one batch-2 UNet call per step */
+    float eta;                 /* DDIM only, [0, 1] */
+    uint64_t seed;             /* image i: a fresh torch.Generator().manual_seed(seed + i) draws
+                                  its initial latent and every ancestral noise (as A1111) */
+    int width, height;         /* 0 = native (UNet sample_size x VAE factor) */
+    int count;                 /* 1..1000; 0 = 1 */
+    const float *noise;        /* NULL, or [count, C, h, w] initial latents (unit variance, as
+                                  randn) used instead of the seeded draw */
+    const DbVaeOptions *vae;   /* NULL = automatic tiling */
+    DbGenerateImageFn on_image; /* may be NULL */
+    void *image_user;
+} DbGenerateOptions;
+
+/* Native size, and the multiple image sizes must be (f x 2^(UNet blocks - 1): 64 for SD). */
+void db_generate_sizes(const DbModel *m, int *native_width, int *native_height, int *multiple);
+
+/* txt2img with StableDiffusionPipeline's semantics. images_out (may be NULL) receives
+ * [count, 3, H, W] VAE outputs; each image also goes to o->on_image as it is done. progress
+ * gets the fraction of the whole run and a stage such as "image 1/2: step 3/25"; cancelling
+ * returns DB_ERR_CANCELLED. Scheduler values come from scheduler/scheduler_config.json in
+ * diffusers folders, Stable Diffusion's otherwise. */
+DbStatus db_generate(DbModel *m, const DbGenerateOptions *o, float *images_out,
+                     DbProgressFn progress, void *user, DbError *err);
+
+/* diffusers' postprocess + numpy_to_pil: out [H, W, 3] = round(clamp(x / 2 + 0.5, 0, 1) * 255)
+ * (float32, round half to even) from image [3, H, W]. */
+void db_image_to_rgb8(uint8_t *out, const float *image, int height, int width);
+
 #ifdef __cplusplus
 }
 #endif

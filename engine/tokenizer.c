@@ -332,6 +332,26 @@ static DbStatus parse_vocab_json(const char *path, GHashTable *vocab, GStringChu
     DbStatus st = read_text(path, 0, &text, &len, err);
     if (st != DB_OK)
         return st;
+    /* json-glib recurses per nesting level: deep nesting would overflow the stack (found by
+     * tests/fuzz); vocab.json is one flat object */
+    int depth = 0, in_str = 0;
+    for (size_t i = 0; i < len && st == DB_OK; i++) {
+        char c = text[i];
+        if (in_str) {
+            if (c == '\\') i++;
+            else if (c == '"') in_str = 0;
+        } else if (c == '"') {
+            in_str = 1;
+        } else if ((c == '[' || c == '{') && ++depth > 64) {
+            st = db_fail(err, DB_ERR_FORMAT, "%s: not JSON: nested deeper than 64 levels", path);
+        } else if (c == ']' || c == '}') {
+            depth--;
+        }
+    }
+    if (st != DB_OK) {
+        g_free(text);
+        return st;
+    }
     GError *e = NULL;
     JsonParser *parser = json_parser_new_immutable();
     if (!json_parser_load_from_data(parser, text, (gssize)len, &e)) {

@@ -21,8 +21,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* Caller-side limits: with channels <= 2^17 (config check) every activation size below is
- * a product of factors whose total stays far from SIZE_MAX (2^10 * 2^17 * 2^24 * 2^6). */
+/* Caller-side limits: with channels <= 2^16 (config check) every size below is a sum of a
+ * few dozen products bounded by batch 2^10 x channels 2^16 x pixels 2^24, far from
+ * SIZE_MAX; the final byte count is checked. */
 #define UNET_MAX_BATCH 1024
 #define UNET_MAX_SIDE 4096
 #define UNET_MAX_SEQ 4096
@@ -521,8 +522,9 @@ DbStatus db_unet_forward(DbModel *m, const float *sample, const float *timesteps
 }
 
 /* im2col scratch: the largest one-image column matrix [Cin*K*K, Hout*Wout] of any conv,
- * capped (conv2d_forward chunks over output rows to fit). */
-#define UNET_CONV_SCRATCH_MAX ((size_t)8 << 20)
+ * capped (conv2d_forward chunks over output rows to fit). 96 MiB holds every SD conv at
+ * 64x64 latents whole: each chunk repacks the conv's weights inside sgemm. */
+#define UNET_CONV_SCRATCH_MAX ((size_t)24 << 20)
 
 size_t unet_conv_scratch_size(const UnetConfig *c, const UnetDims *d)
 {

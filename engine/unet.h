@@ -93,7 +93,7 @@ typedef struct {
  *   attention); down_ds[b] = its downsampler output. Up block u, resnet j takes
  *   down_res[n-1-u][L-1-j] (j < L) or down_ds[n-2-u] (j == L; skip_in when u == n-1). */
 typedef struct {
-    float *temb;      /* [B, T] time embedding; then SiLU(temb), what every resnet uses */
+    float *temb;      /* [B, T] SiLU(time embedding): the only form the resnets use */
     float *t_sin;     /* [B, C0] sinusoidal embedding */
     float *t_hidden;  /* [B, T] */
     float *skip_in;
@@ -145,7 +145,9 @@ int unet_upsample_forward(float *out, const UnetWork *wk, const float *inp, cons
 /* Widens l's weight into wk->wscratch (or points into the mapped file). */
 const float *unet_weight(const UnetLin *l, const UnetWork *wk);
 
-/* ---- whole network (unet.c) ---- */
+/* ---- whole network (unet.c) ----
+ * One forward allocates unet_acts_size + the largest block work + unet_conv_scratch_size +
+ * unet_state_wscratch_size floats, once (db_unet_forward). */
 DbStatus unet_acts_size(size_t *nfloats, const UnetConfig *c, const UnetDims *d, DbError *err);
 size_t unet_conv_scratch_size(const UnetConfig *c, const UnetDims *d);
 /* Blocks run by unet_forward (for progress fractions). */

@@ -528,7 +528,8 @@ static void col_track(size_t *row, size_t *full, size_t C, size_t K, size_t OH, 
 
 size_t vae_col_size(const VaeConfig *c, VaeSide side, size_t H, size_t W)
 {
-    /* sizes were checked by vae_acts_size: C*9*W and its product with H fit in size_t */
+    /* no overflow: the entries cap H, W at 16384 image pixels and the config channels at
+     * 65536, so C*9*H*W < 2^50 */
     size_t row = 0, full = 0;
     const int n = c->n_blocks;
     size_t cmax = (size_t)(side == VAE_ENCODER ? c->in_channels : c->latent_channels);

@@ -18,6 +18,9 @@ typedef struct {
 } CliModelOptions;
 
 void cli_add_model_options(GOptionContext *ctx, CliModelOptions *o);
+/* Frees the option strings GOption allocated: declare `g_auto(CliModelOptions) mo = {0};`. */
+void cli_model_options_clear(CliModelOptions *o);
+G_DEFINE_AUTO_CLEANUP_CLEAR_FUNC(CliModelOptions, cli_model_options_clear)
 /* Applies --threads and opens the model; prints the one-line error and returns NULL on failure. */
 DbModel *cli_open_model(const char *path, const CliModelOptions *o);
 /* Prints "dreambooth: <msg>" on stderr. */
@@ -28,6 +31,8 @@ int cli_parse(GOptionContext *ctx, int *argc, char ***argv);
 int cli_info(int argc, char **argv);
 int cli_tokenize(int argc, char **argv);
 int cli_forward(int argc, char **argv);
+int cli_backward(int argc, char **argv);
 int cli_init(int argc, char **argv);
+int cli_generate(int argc, char **argv);
 
 #endif

@@ -257,8 +257,10 @@ static const ForwardNet nets[] = {
 
 int cli_forward(int argc, char **argv)
 {
-    CliModelOptions mo = {0};
-    char *net = NULL, *in_path = NULL, *out_path = NULL;
+    g_auto(CliModelOptions) mo = {0};
+    g_autofree char *net = NULL;
+    g_autofree char *in_path = NULL;
+    g_autofree char *out_path = NULL;
     GOptionEntry entries[] = {
         {"net", 0, 0, G_OPTION_ARG_STRING, &net, "Network: text-encoder, unet, vae-encoder, vae-decoder", "NET"},
         {"in", 0, 0, G_OPTION_ARG_FILENAME, &in_path, "Input tensors (.safetensors)", "IN"},

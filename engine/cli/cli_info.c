@@ -53,7 +53,7 @@ static void print_json(const char *path, const DbModelInfo *in)
 
 int cli_info(int argc, char **argv)
 {
-    CliModelOptions mo = {0};
+    g_auto(CliModelOptions) mo = {0};
     gboolean json = FALSE;
     GOptionEntry entries[] = {
         {"json", 0, 0, G_OPTION_ARG_NONE, &json, "Print one JSON object", NULL},

@@ -6,7 +6,7 @@
 
 int cli_tokenize(int argc, char **argv)
 {
-    CliModelOptions mo = {0};
+    g_auto(CliModelOptions) mo = {0};
     g_autoptr(GOptionContext) ctx =
         g_option_context_new("MODEL PROMPT... - print 77 CLIP token ids per prompt");
     cli_add_model_options(ctx, &mo);

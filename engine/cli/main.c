@@ -18,7 +18,9 @@ static const CliCommand commands[] = {
     {"info", cli_info, "MODEL: family, layout, dtype, parameter counts, prediction type, tokenizer"},
     {"tokenize", cli_tokenize, "MODEL PROMPT...: print 77 token ids per prompt"},
     {"forward", cli_forward, "MODEL --net NET --in IN.safetensors --out OUT.safetensors: run one network"},
+    {"backward", cli_backward, "MODEL --net NET --in IN.safetensors --out OUT.safetensors: gradients of one network"},
     {"init-model", cli_init, "--arch ARCH --out PATH: write a random-weight model (tests, demos)"},
+    {"generate", cli_generate, "MODEL --prompt P --out DIR|FILE.png: txt2img to PNG files"},
 };
 
 void cli_error(const char *fmt, ...)
@@ -54,6 +56,12 @@ void cli_add_model_options(GOptionContext *ctx, CliModelOptions *o)
         {"threads", 0, 0, G_OPTION_ARG_INT, &o->threads, "Threads (default: all cores)", "N"},
         G_OPTION_ENTRY_NULL};
     g_option_context_add_main_entries(ctx, entries, NULL);
+}
+
+void cli_model_options_clear(CliModelOptions *o)
+{
+    g_clear_pointer(&o->tokenizer, g_free);
+    g_clear_pointer(&o->prediction, g_free);
 }
 
 DbModel *cli_open_model(const char *path, const CliModelOptions *o)
@@ -108,6 +116,6 @@ int main(int argc, char **argv)
     for (size_t i = 0; i < G_N_ELEMENTS(commands); i++)
         if (!strcmp(argv[1], commands[i].name))
             return commands[i].run(argc - 1, argv + 1);
-    cli_error("unknown command '%s' (commands: info, tokenize, forward, init-model)", argv[1]);
+    cli_error("unknown command '%s' (commands: info, tokenize, forward, backward, init-model, generate)", argv[1]);
     return CLI_EXIT_USAGE;
 }

@@ -391,10 +391,10 @@ void attention_forward(float *out, float *lse, const float *q, const float *k, c
 
 /* One (query tile q0..q0+bq-1, key tile k0..k0+bk-1) pair of one head. dkh, dvh (both or
  * neither) and dqh may be NULL to skip those products. */
-ATT_INLINE void att_bwd_pair(float *dqh, float *dkh, float *dvh, const float *lseh,
-                             const float *qh, const float *kh, const float *vh, const float *oh,
-                             const float *doh, size_t ld, size_t q0, size_t bq, size_t k0,
-                             size_t bk, size_t D, float scale, int causal, int wide)
+ATT_INLINE void att_bwd_pair(float *dqh, float *dkh, float *dvh, const float *lseh, const float *qh,
+                             const float *kh, const float *vh, const float *oh, const float *doh,
+                             size_t ld, size_t q0, size_t bq, size_t k0, size_t bk, size_t D,
+                             float scale, int causal, int wide)
 {
     float s[ATT_BQ * ATT_BK];   /* scores, then P [bq, ATT_BK] */
     float ds[ATT_BQ * ATT_BK];  /* dP, then dS [bq, ATT_BK] */
@@ -486,10 +486,10 @@ ATT_INLINE void att_bwd_pair(float *dqh, float *dkh, float *dvh, const float *ls
 /* mode 0: whole head (all key tiles, each with all its query tiles; dq, dk, dv);
  * mode 1: key tile `tile` (dk, dv); mode 2: query tile `tile` (dq). Pointers at column h*D
  * of row 0 of batch b, row stride ld. */
-ATT_INLINE void att_bwd_body(float *dqh, float *dkh, float *dvh, const float *lseh,
-                             const float *qh, const float *kh, const float *vh, const float *oh,
-                             const float *doh, size_t ld, size_t Nq, size_t Nk, size_t D,
-                             float scale, int causal, int mode, size_t tile, int wide)
+ATT_INLINE void att_bwd_body(float *dqh, float *dkh, float *dvh, const float *lseh, const float *qh,
+                             const float *kh, const float *vh, const float *oh, const float *doh,
+                             size_t ld, size_t Nq, size_t Nk, size_t D, float scale, int causal,
+                             int mode, size_t tile, int wide)
 {
     if (mode == 2) {
         size_t q0 = tile * ATT_BQ, bq = Nq - q0 < ATT_BQ ? Nq - q0 : ATT_BQ;
@@ -514,13 +514,13 @@ typedef void (*AttBwdFn)(float *, float *, float *, const float *, const float *
                          const float *, const float *, const float *, size_t, size_t, size_t,
                          size_t, float, int, int, size_t);
 
-static void att_bwd_generic(float *dqh, float *dkh, float *dvh, const float *lseh,
-                            const float *qh, const float *kh, const float *vh, const float *oh,
-                            const float *doh, size_t ld, size_t Nq, size_t Nk, size_t D,
-                            float scale, int causal, int mode, size_t tile)
+static void att_bwd_generic(float *dqh, float *dkh, float *dvh, const float *lseh, const float *qh,
+                            const float *kh, const float *vh, const float *oh, const float *doh,
+                            size_t ld, size_t Nq, size_t Nk, size_t D, float scale, int causal,
+                            int mode, size_t tile)
 {
-    att_bwd_body(dqh, dkh, dvh, lseh, qh, kh, vh, oh, doh, ld, Nq, Nk, D, scale, causal, mode,
-                 tile, 0);
+    att_bwd_body(dqh, dkh, dvh, lseh, qh, kh, vh, oh, doh, ld, Nq, Nk, D, scale, causal, mode, tile,
+                 0);
 }
 
 #ifdef ATT_HAVE_AVX2
@@ -529,15 +529,14 @@ att_bwd_avx2(float *dqh, float *dkh, float *dvh, const float *lseh, const float 
              const float *kh, const float *vh, const float *oh, const float *doh, size_t ld,
              size_t Nq, size_t Nk, size_t D, float scale, int causal, int mode, size_t tile)
 {
-    att_bwd_body(dqh, dkh, dvh, lseh, qh, kh, vh, oh, doh, ld, Nq, Nk, D, scale, causal, mode,
-                 tile, 1);
+    att_bwd_body(dqh, dkh, dvh, lseh, qh, kh, vh, oh, doh, ld, Nq, Nk, D, scale, causal, mode, tile,
+                 1);
 }
 #endif
 
 void attention_backward(float *dq, float *dk, float *dv, const float *out, const float *lse,
-                        const float *dout, const float *q, const float *k, const float *v,
-                        size_t B, size_t Nq, size_t Nk, size_t H, size_t D, float scale,
-                        int causal)
+                        const float *dout, const float *q, const float *k, const float *v, size_t B,
+                        size_t Nq, size_t Nk, size_t H, size_t D, float scale, int causal)
 {
     if (B == 0 || Nq == 0 || Nk == 0 || H == 0 || D == 0) return;
     AttBwdFn fn = att_bwd_generic;
@@ -551,11 +550,11 @@ void attention_backward(float *dq, float *dk, float *dv, const float *out, const
 #ifdef _OPENMP
     threads = (size_t)omp_get_max_threads();
 #endif
-#define ATT_BWD_ARGS(b, h)                                                                     \
-    dq + (b) * Nq * ld + (h) * D, dk + (b) * Nk * ld + (h) * D, dv + (b) * Nk * ld + (h) * D, \
-        lse + ((b) * H + (h)) * Nq, q + (b) * Nq * ld + (h) * D, k + (b) * Nk * ld + (h) * D,  \
-        v + (b) * Nk * ld + (h) * D, out + (b) * Nq * ld + (h) * D,                            \
-        dout + (b) * Nq * ld + (h) * D, ld, Nq, Nk, D, scale, causal
+#define ATT_BWD_ARGS(b, h)                                                                         \
+    dq + (b)*Nq *ld + (h)*D, dk + (b)*Nk *ld + (h)*D, dv + (b)*Nk *ld + (h)*D,                     \
+        lse + ((b)*H + (h)) * Nq, q + (b)*Nq *ld + (h)*D, k + (b)*Nk *ld + (h)*D,                  \
+        v + (b)*Nk *ld + (h)*D, out + (b)*Nq *ld + (h)*D, dout + (b)*Nq *ld + (h)*D, ld, Nq, Nk,   \
+        D, scale, causal
     if (BH >= 2 * threads) {
 #pragma omp parallel for schedule(dynamic, 1)
         for (size_t w = 0; w < BH; w++)

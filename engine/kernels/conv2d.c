@@ -142,8 +142,7 @@ void conv2d_col2im_add(float *dinp, const float *col, size_t C, size_t H, size_t
                     float *dst = img + (iys - pad) * W;
                     for (size_t t = 0; t < n; t++) {
                         size_t ixs = (ow + t) * stride + kw;
-                        if (ixs >= pad && ixs - pad < W)
-                            dst[ixs - pad] += src[t];
+                        if (ixs >= pad && ixs - pad < W) dst[ixs - pad] += src[t];
                     }
                 }
                 src += n;
@@ -153,10 +152,10 @@ void conv2d_col2im_add(float *dinp, const float *col, size_t C, size_t H, size_t
     }
 }
 
-int conv2d_backward(float *dinp, float *dweight, float *dbias, const float *dout,
-                    const float *inp, const float *weight, float *scratch, size_t scratch_floats,
-                    size_t N, size_t C, size_t H, size_t W, size_t OC, size_t K, size_t stride,
-                    size_t pad_lo, size_t pad_hi)
+int conv2d_backward(float *dinp, float *dweight, float *dbias, const float *dout, const float *inp,
+                    const float *weight, float *scratch, size_t scratch_floats, size_t N, size_t C,
+                    size_t H, size_t W, size_t OC, size_t K, size_t stride, size_t pad_lo,
+                    size_t pad_hi)
 {
     size_t OH = conv2d_out_size(H, K, stride, pad_lo, pad_hi);
     size_t OW = conv2d_out_size(W, K, stride, pad_lo, pad_hi);
@@ -190,11 +189,11 @@ int conv2d_backward(float *dinp, float *dweight, float *dbias, const float *dout
         for (size_t n = 0; n < N; n++) {
             const float *g = dout + n * OC * P;
             if (dweight)
-                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)OC, (int)C, (int)P,
-                            1.0f, g, (int)P, inp + n * C * P, (int)P, 1.0f, dweight, (int)C);
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)OC, (int)C, (int)P, 1.0f,
+                            g, (int)P, inp + n * C * P, (int)P, 1.0f, dweight, (int)C);
             if (dinp)
-                cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)C, (int)P, (int)OC,
-                            1.0f, weight, (int)C, g, (int)P, 1.0f, dinp + n * C * P, (int)P);
+                cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)C, (int)P, (int)OC, 1.0f,
+                            weight, (int)C, g, (int)P, 1.0f, dinp + n * C * P, (int)P);
         }
         return 0;
     }
@@ -215,8 +214,8 @@ int conv2d_backward(float *dinp, float *dweight, float *dbias, const float *dout
             if (dinp) {
                 cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)rows, (int)np, (int)OC,
                             1.0f, weight, (int)rows, g + p0, (int)P, 0.0f, scratch, (int)np);
-                conv2d_col2im_add(dinp + n * C * H * W, scratch, C, H, W, K, stride, pad_lo, OW,
-                                  p0, p0 + np);
+                conv2d_col2im_add(dinp + n * C * H * W, scratch, C, H, W, K, stride, pad_lo, OW, p0,
+                                  p0 + np);
             }
         }
     }
@@ -227,10 +226,10 @@ int conv2d_backward(float *dinp, float *dweight, float *dbias, const float *dout
  * as the base layer, down [R, C, K, K]; up = 1x1 conv, up [OC, R, 1, 1]:
  *   xa [N, R, OH, OW] = conv2d(inp, down),  out [N, OC, OH, OW] += scale * up @ xa [n].
  * xa is saved for backward. scratch as conv2d_forward (C*K*K floats at least). */
-int lora_conv2d_forward(float *out, float *xa, const float *inp, const float *down,
-                        const float *up, float scale, float *scratch, size_t scratch_floats,
-                        size_t N, size_t C, size_t H, size_t W, size_t OC, size_t R, size_t K,
-                        size_t stride, size_t pad_lo, size_t pad_hi)
+int lora_conv2d_forward(float *out, float *xa, const float *inp, const float *down, const float *up,
+                        float scale, float *scratch, size_t scratch_floats, size_t N, size_t C,
+                        size_t H, size_t W, size_t OC, size_t R, size_t K, size_t stride,
+                        size_t pad_lo, size_t pad_hi)
 {
     if (conv2d_forward(xa, inp, down, NULL, scratch, scratch_floats, N, C, H, W, R, K, stride,
                        pad_lo, pad_hi) != 0)
@@ -261,11 +260,11 @@ int lora_conv2d_backward(float *dinp, float *ddown, float *dup, float *dxa, cons
     for (size_t n = 0; n < N; n++) {
         const float *g = dout + n * OC * P;
         if (dup)
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)OC, (int)R, (int)P, scale,
-                        g, (int)P, xa + n * R * P, (int)P, 1.0f, dup, (int)R);
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)OC, (int)R, (int)P, scale, g,
+                        (int)P, xa + n * R * P, (int)P, 1.0f, dup, (int)R);
         if (dinp || ddown)
-            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)R, (int)P, (int)OC, scale,
-                        up, (int)R, g, (int)P, 0.0f, dxa + n * R * P, (int)P);
+            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)R, (int)P, (int)OC, scale, up,
+                        (int)R, g, (int)P, 0.0f, dxa + n * R * P, (int)P);
     }
     if (!dinp && !ddown) return 0;
     return conv2d_backward(dinp, ddown, NULL, dxa, inp, down, scratch, scratch_floats, N, C, H, W,

@@ -131,19 +131,16 @@ void groupnorm_forward(float *out, float *mean, float *rstd, const float *inp, c
  *   dweight [c] += sum_{n, p} gy * xhat,  dbias [c] += sum_{n, p} gy */
 static inline GN_ALWAYS_INLINE float gn_grad_pre(float dy, float xh, float w, float b, int silu)
 {
-    if (!silu)
-        return dy;
+    if (!silu) return dy;
     float y = xh * w + b, s = vm_sigmoid(y);
     return dy * (s + y * s * (1.0f - s));
 }
 
 void groupnorm_backward(float *dinp, float *dweight, float *dbias, const float *mean,
-                        const float *rstd, const float *dout, const float *inp,
-                        const float *weight, const float *bias, size_t N, size_t C, size_t HW,
-                        size_t G, int silu)
+                        const float *rstd, const float *dout, const float *inp, const float *weight,
+                        const float *bias, size_t N, size_t C, size_t HW, size_t G, int silu)
 {
-    if (N == 0 || C == 0 || G == 0 || HW == 0)
-        return;
+    if (N == 0 || C == 0 || G == 0 || HW == 0) return;
     size_t cpg = C / G, M = cpg * HW;
     if (dinp) {
         /* parallel over groups: each owns its M values of dinp */
@@ -193,10 +190,8 @@ void groupnorm_backward(float *dinp, float *dweight, float *dbias, const float *
                     ab += gy;
                 }
             }
-            if (dweight)
-                dweight[c] += (float)aw;
-            if (dbias)
-                dbias[c] += (float)ab;
+            if (dweight) dweight[c] += (float)aw;
+            if (dbias) dbias[c] += (float)ab;
         }
     }
 }

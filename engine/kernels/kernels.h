@@ -17,17 +17,17 @@
 #include <stddef.h>
 
 /* out [N, OC] = inp [N, IC] @ weight [OC, IC]^T + bias [OC] (bias may be NULL). sgemm. */
-void linear_forward(float *out, const float *inp, const float *weight, const float *bias,
-                    size_t N, size_t IC, size_t OC);
+void linear_forward(float *out, const float *inp, const float *weight, const float *bias, size_t N,
+                    size_t IC, size_t OC);
 
 /* Layer norm over the last axis. out [N, C]; mean, rstd [N] saved for backward (may be NULL);
  * inp [N, C]; weight, bias [C]. Statistics accumulated in double. */
-void layernorm_forward(float *out, float *mean, float *rstd, const float *inp,
-                       const float *weight, const float *bias, size_t N, size_t C, float eps);
+void layernorm_forward(float *out, float *mean, float *rstd, const float *inp, const float *weight,
+                       const float *bias, size_t N, size_t C, float eps);
 
 /* Activations, elementwise, out may equal inp. */
-void gelu_forward(float *out, const float *inp, size_t n);        /* x * Phi(x), erf form */
-void quick_gelu_forward(float *out, const float *inp, size_t n);  /* x * sigmoid(1.702 x) */
+void gelu_forward(float *out, const float *inp, size_t n);       /* x * Phi(x), erf form */
+void quick_gelu_forward(float *out, const float *inp, size_t n); /* x * sigmoid(1.702 x) */
 void silu_forward(float *out, const float *inp, size_t n);
 
 /* out [n] += inp [n] */
@@ -44,14 +44,14 @@ void residual_backward(float *dinp, const float *dout, size_t n);
 
 /* linear: dinp [N, IC] += dout [N, OC] @ weight [OC, IC]; dweight [OC, IC] += dout^T @ inp;
  * dbias [OC] += sum_n dout. Each of dinp, dweight, dbias may be NULL. sgemm. */
-void linear_backward(float *dinp, float *dweight, float *dbias, const float *dout,
-                     const float *inp, const float *weight, size_t N, size_t IC, size_t OC);
+void linear_backward(float *dinp, float *dweight, float *dbias, const float *dout, const float *inp,
+                     const float *weight, size_t N, size_t IC, size_t OC);
 
 /* Layer norm backward with the saved mean, rstd [N]: dinp [N, C], dweight, dbias [C] (each may
  * be NULL); dout, inp [N, C]; weight [C]. */
 void layernorm_backward(float *dinp, float *dweight, float *dbias, const float *mean,
-                        const float *rstd, const float *dout, const float *inp,
-                        const float *weight, size_t N, size_t C);
+                        const float *rstd, const float *dout, const float *inp, const float *weight,
+                        size_t N, size_t C);
 
 /* LoRA on a linear layer (kohya-ss LoRAModule): down [R, IC] ("lora_down"), up [OC, R]
  * ("lora_up"), scale = alpha / R. Forward: xa [N, R] = inp [N, IC] @ down^T (saved),
@@ -62,17 +62,15 @@ void layernorm_backward(float *dinp, float *dweight, float *dbias, const float *
 void lora_linear_forward(float *out, float *xa, const float *inp, const float *down,
                          const float *up, float scale, size_t N, size_t IC, size_t OC, size_t R);
 void lora_linear_backward(float *dinp, float *ddown, float *dup, float *dxa, const float *xa,
-                          const float *dout, const float *inp, const float *down,
-                          const float *up, float scale, size_t N, size_t IC, size_t OC,
-                          size_t R);
+                          const float *dout, const float *inp, const float *down, const float *up,
+                          float scale, size_t N, size_t IC, size_t OC, size_t R);
 
 /* Scaled dot-product attention, never materialising [B, H, Nq, Nk]: tiled with online
  * softmax. q [B, Nq, H*D], k [B, Nk, H*D], v [B, Nk, H*D] (head h in columns h*D..h*D+D-1),
  * out [B, Nq, H*D]; lse [B, H, Nq] receives the row log-sum-exp of the scaled scores for
  * backward (may be NULL). causal: query i sees keys j <= i (requires Nq == Nk). */
 void attention_forward(float *out, float *lse, const float *q, const float *k, const float *v,
-                       size_t B, size_t Nq, size_t Nk, size_t H, size_t D, float scale,
-                       int causal);
+                       size_t B, size_t Nq, size_t Nk, size_t H, size_t D, float scale, int causal);
 
 /* Attention backward (flash style, recomputing score tiles from q, k, v and the saved lse;
  * no [Nq, Nk] buffer): dq [B, Nq, H*D], dk, dv [B, Nk, H*D] accumulate; out [B, Nq, H*D] and
@@ -80,20 +78,18 @@ void attention_forward(float *out, float *lse, const float *q, const float *k, c
  * causal as the forward. OpenMP over (b, h), or over key tiles then query tiles when B*H is
  * small; each gradient row has one writer, and the result does not depend on the threads. */
 void attention_backward(float *dq, float *dk, float *dv, const float *out, const float *lse,
-                        const float *dout, const float *q, const float *k, const float *v,
-                        size_t B, size_t Nq, size_t Nk, size_t H, size_t D, float scale,
-                        int causal);
+                        const float *dout, const float *q, const float *k, const float *v, size_t B,
+                        size_t Nq, size_t Nk, size_t H, size_t D, float scale, int causal);
 
 /* Plain references (tests only). */
 void linear_forward_ref(float *out, const float *inp, const float *weight, const float *bias,
                         size_t N, size_t IC, size_t OC);
 /* Layer norm in double: out [N, C]; mean, rstd [N] (may be NULL); inp [N, C]; weight, bias [C]. */
 void layernorm_forward_ref(double *out, double *mean, double *rstd, const float *inp,
-                           const float *weight, const float *bias, size_t N, size_t C,
-                           float eps);
-void attention_forward_ref(float *out, float *lse, const float *q, const float *k,
-                           const float *v, size_t B, size_t Nq, size_t Nk, size_t H, size_t D,
-                           float scale, int causal);
+                           const float *weight, const float *bias, size_t N, size_t C, float eps);
+void attention_forward_ref(float *out, float *lse, const float *q, const float *k, const float *v,
+                           size_t B, size_t Nq, size_t Nk, size_t H, size_t D, float scale,
+                           int causal);
 
 /* ---- UNet / VAE kernels (conv2d.c, groupnorm.c, upsample.c, timestep.c; refs in conv_ref.c) */
 
@@ -118,8 +114,8 @@ void conv2d_im2col(float *col, const float *inp, size_t C, size_t H, size_t W, s
  * Calls sgemm: call it from outside any OpenMP parallel region.
  * Saves nothing: backward needs inp and weight (dW recomputes im2col chunks). */
 int conv2d_forward(float *out, const float *inp, const float *weight, const float *bias,
-                   float *scratch, size_t scratch_floats, size_t N, size_t C, size_t H,
-                   size_t W, size_t OC, size_t K, size_t stride, size_t pad_lo, size_t pad_hi);
+                   float *scratch, size_t scratch_floats, size_t N, size_t C, size_t H, size_t W,
+                   size_t OC, size_t K, size_t stride, size_t pad_lo, size_t pad_hi);
 
 /* Adjoint of conv2d_im2col: dinp [C, H, W] += col2im(col [C*K*K, p1-p0]) (same layout).
  * OpenMP over channels inside; no BLAS. */
@@ -132,10 +128,10 @@ void conv2d_col2im_add(float *dinp, const float *col, size_t C, size_t H, size_t
  * inp, weight, sizes as the forward; scratch as the forward (same chunks, same minimum).
  * Returns 0, or -1 (nothing written) when scratch is too small. Calls sgemm: call it from
  * outside any OpenMP parallel region. */
-int conv2d_backward(float *dinp, float *dweight, float *dbias, const float *dout,
-                    const float *inp, const float *weight, float *scratch, size_t scratch_floats,
-                    size_t N, size_t C, size_t H, size_t W, size_t OC, size_t K, size_t stride,
-                    size_t pad_lo, size_t pad_hi);
+int conv2d_backward(float *dinp, float *dweight, float *dbias, const float *dout, const float *inp,
+                    const float *weight, float *scratch, size_t scratch_floats, size_t N, size_t C,
+                    size_t H, size_t W, size_t OC, size_t K, size_t stride, size_t pad_lo,
+                    size_t pad_hi);
 
 /* LoRA on a convolution: down [R, C, K, K] (stride, padding of the base layer), up [OC, R]
  * (1x1). Forward: xa [N, R, OH, OW] = conv2d(inp, down) (saved), out [N, OC, OH, OW] +=
@@ -143,10 +139,10 @@ int conv2d_backward(float *dinp, float *dweight, float *dbias, const float *dout
  * dout (dxa [N, R, OH, OW] scratch, overwritten); ddown, dinp through conv2d_backward. dinp,
  * ddown, dup may each be NULL. scratch as conv2d_forward with C input channels. Return 0 or -1
  * as conv2d_forward. */
-int lora_conv2d_forward(float *out, float *xa, const float *inp, const float *down,
-                        const float *up, float scale, float *scratch, size_t scratch_floats,
-                        size_t N, size_t C, size_t H, size_t W, size_t OC, size_t R, size_t K,
-                        size_t stride, size_t pad_lo, size_t pad_hi);
+int lora_conv2d_forward(float *out, float *xa, const float *inp, const float *down, const float *up,
+                        float scale, float *scratch, size_t scratch_floats, size_t N, size_t C,
+                        size_t H, size_t W, size_t OC, size_t R, size_t K, size_t stride,
+                        size_t pad_lo, size_t pad_hi);
 int lora_conv2d_backward(float *dinp, float *ddown, float *dup, float *dxa, const float *xa,
                          const float *dout, const float *inp, const float *down, const float *up,
                          float scale, float *scratch, size_t scratch_floats, size_t N, size_t C,
@@ -158,17 +154,16 @@ int lora_conv2d_backward(float *dinp, float *ddown, float *dup, float *dxa, cons
  * C/G consecutive channels (G divides C). mean, rstd [N, G] saved for backward (may be NULL);
  * statistics in double. With silu, backward recomputes the pre-SiLU value from inp, mean,
  * rstd, weight, bias. out may not alias inp. */
-void groupnorm_forward(float *out, float *mean, float *rstd, const float *inp,
-                       const float *weight, const float *bias, size_t N, size_t C, size_t HW,
-                       size_t G, float eps, int silu);
+void groupnorm_forward(float *out, float *mean, float *rstd, const float *inp, const float *weight,
+                       const float *bias, size_t N, size_t C, size_t HW, size_t G, float eps,
+                       int silu);
 
 /* Group norm backward (with silu: through the SiLU too, recomputing the pre-SiLU value from
  * inp, the saved mean, rstd [N, G], weight and bias): dinp [N, C, HW], dweight, dbias [C]
  * (each may be NULL); dout, inp [N, C, HW]; weight, bias [C]. */
 void groupnorm_backward(float *dinp, float *dweight, float *dbias, const float *mean,
-                        const float *rstd, const float *dout, const float *inp,
-                        const float *weight, const float *bias, size_t N, size_t C, size_t HW,
-                        size_t G, int silu);
+                        const float *rstd, const float *dout, const float *inp, const float *weight,
+                        const float *bias, size_t N, size_t C, size_t HW, size_t G, int silu);
 
 /* Nearest-neighbour 2x upsampling (F.interpolate(scale_factor=2, mode="nearest")):
  * out [N, C, 2H, 2W], inp [N, C, H, W]. Saves nothing. */
@@ -204,17 +199,46 @@ void geglu_backward(float *dinp, const float *dout, const float *inp, size_t N, 
 
 /* Plain references (tests only), double accumulation. */
 void conv2d_forward_ref(float *out, const float *inp, const float *weight, const float *bias,
-                        size_t N, size_t C, size_t H, size_t W, size_t OC, size_t K,
-                        size_t stride, size_t pad_lo, size_t pad_hi);
+                        size_t N, size_t C, size_t H, size_t W, size_t OC, size_t K, size_t stride,
+                        size_t pad_lo, size_t pad_hi);
 void groupnorm_forward_ref(float *out, float *mean, float *rstd, const float *inp,
-                           const float *weight, const float *bias, size_t N, size_t C,
-                           size_t HW, size_t G, float eps, int silu);
+                           const float *weight, const float *bias, size_t N, size_t C, size_t HW,
+                           size_t G, float eps, int silu);
 void upsample_nearest2x_forward_ref(float *out, const float *inp, size_t N, size_t C, size_t H,
                                     size_t W);
-void concat_channels_forward_ref(float *out, const float *a, const float *b, size_t N,
-                                 size_t Ca, size_t Cb, size_t HW);
+void concat_channels_forward_ref(float *out, const float *a, const float *b, size_t N, size_t Ca,
+                                 size_t Cb, size_t HW);
 void timestep_embedding_ref(float *out, const float *timesteps, size_t N, size_t dim,
                             int flip_sin_to_cos, float freq_shift);
 void geglu_forward_ref(float *out, const float *inp, size_t N, size_t F);
+
+/* ---- Gradient references (grad_ref.c, tests only): everything in double. *_fwd_d are the
+ * forwards for finite differences; *_bwd_ref plain backward loops that accumulate (+=).
+ * Argument order and shapes as the float kernels. attention_* return -1 when out of memory. */
+double gelu_ref_d(double x);
+double quick_gelu_ref_d(double x);
+double silu_ref_d(double x);
+void linear_fwd_d(double *out, const double *inp, const double *w, const double *b, size_t N,
+                  size_t IC, size_t OC);
+void layernorm_fwd_d(double *out, const double *inp, const double *w, const double *b, size_t N,
+                     size_t C, double eps);
+void layernorm_bwd_ref(double *dinp, double *dw, double *db, const double *dout, const double *inp,
+                       const double *w, size_t N, size_t C, double eps);
+void groupnorm_fwd_d(double *out, const double *inp, const double *w, const double *b, size_t N,
+                     size_t C, size_t HW, size_t G, double eps, int silu);
+void groupnorm_bwd_ref(double *dinp, double *dw, double *db, const double *dout, const double *inp,
+                       const double *w, const double *b, size_t N, size_t C, size_t HW, size_t G,
+                       double eps, int silu);
+void conv2d_fwd_d(double *out, const double *inp, const double *w, const double *b, size_t N,
+                  size_t C, size_t H, size_t W, size_t OC, size_t K, size_t stride, size_t pad_lo,
+                  size_t pad_hi);
+void conv2d_bwd_ref(double *dinp, double *dw, double *db, const double *dout, const double *inp,
+                    const double *w, size_t N, size_t C, size_t H, size_t W, size_t OC, size_t K,
+                    size_t stride, size_t pad_lo, size_t pad_hi);
+int attention_fwd_d(double *out, const double *q, const double *k, const double *v, size_t B,
+                    size_t Nq, size_t Nk, size_t H, size_t D, double scale, int causal);
+int attention_bwd_ref(double *dq, double *dk, double *dv, const double *dout, const double *q,
+                      const double *k, const double *v, size_t B, size_t Nq, size_t Nk, size_t H,
+                      size_t D, double scale, int causal);
 
 #endif

@@ -8,11 +8,10 @@
 /* torch.nn.Linear: out [N, OC] = inp [N, IC] @ weight [OC, IC]^T + bias [OC].
  * The bias is broadcast into out first and sgemm accumulates onto it (beta = 1).
  * sgemm runs outside any OpenMP region; OpenBLAS threads it itself. */
-void linear_forward(float *out, const float *inp, const float *weight, const float *bias,
-                    size_t N, size_t IC, size_t OC)
+void linear_forward(float *out, const float *inp, const float *weight, const float *bias, size_t N,
+                    size_t IC, size_t OC)
 {
-    if (N == 0 || OC == 0)
-        return;
+    if (N == 0 || OC == 0) return;
     float beta = 0.0f;
     if (bias) {
         for (size_t n = 0; n < N; n++)
@@ -20,31 +19,27 @@ void linear_forward(float *out, const float *inp, const float *weight, const flo
         beta = 1.0f;
     }
     if (IC == 0) {
-        if (!bias)
-            memset(out, 0, N * OC * sizeof *out);
+        if (!bias) memset(out, 0, N * OC * sizeof *out);
         return;
     }
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (blasint)N, (blasint)OC, (blasint)IC,
-                1.0f, inp, (blasint)IC, weight, (blasint)IC, beta, out, (blasint)OC);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (blasint)N, (blasint)OC, (blasint)IC, 1.0f,
+                inp, (blasint)IC, weight, (blasint)IC, beta, out, (blasint)OC);
 }
 
 /* Backward of linear_forward, accumulating:
  *   dinp [N, IC] += dout [N, OC] @ weight [OC, IC]
  *   dweight [OC, IC] += dout^T @ inp [N, IC],  dbias [OC] += sum_n dout [n, :]
  * Any of dinp, dweight, dbias may be NULL (frozen weight, first layer): its GEMM is skipped. */
-void linear_backward(float *dinp, float *dweight, float *dbias, const float *dout,
-                     const float *inp, const float *weight, size_t N, size_t IC, size_t OC)
+void linear_backward(float *dinp, float *dweight, float *dbias, const float *dout, const float *inp,
+                     const float *weight, size_t N, size_t IC, size_t OC)
 {
-    if (N == 0 || OC == 0)
-        return;
+    if (N == 0 || OC == 0) return;
     if (dinp && IC > 0)
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (blasint)N, (blasint)IC,
-                    (blasint)OC, 1.0f, dout, (blasint)OC, weight, (blasint)IC, 1.0f, dinp,
-                    (blasint)IC);
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (blasint)N, (blasint)IC, (blasint)OC,
+                    1.0f, dout, (blasint)OC, weight, (blasint)IC, 1.0f, dinp, (blasint)IC);
     if (dweight && IC > 0)
-        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (blasint)OC, (blasint)IC,
-                    (blasint)N, 1.0f, dout, (blasint)OC, inp, (blasint)IC, 1.0f, dweight,
-                    (blasint)IC);
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (blasint)OC, (blasint)IC, (blasint)N,
+                    1.0f, dout, (blasint)OC, inp, (blasint)IC, 1.0f, dweight, (blasint)IC);
     if (dbias) {
         /* parallel over blocks of output columns (each owns its dbias entries), rows inner */
         size_t nblk = (OC + 63) / 64;
@@ -67,13 +62,11 @@ void linear_backward(float *dinp, float *dweight, float *dbias, const float *dou
 void lora_linear_forward(float *out, float *xa, const float *inp, const float *down,
                          const float *up, float scale, size_t N, size_t IC, size_t OC, size_t R)
 {
-    if (N == 0 || R == 0)
-        return;
+    if (N == 0 || R == 0) return;
     linear_forward(xa, inp, down, NULL, N, IC, R);
-    if (OC == 0)
-        return;
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (blasint)N, (blasint)OC, (blasint)R,
-                scale, xa, (blasint)R, up, (blasint)R, 1.0f, out, (blasint)OC);
+    if (OC == 0) return;
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (blasint)N, (blasint)OC, (blasint)R, scale,
+                xa, (blasint)R, up, (blasint)R, 1.0f, out, (blasint)OC);
 }
 
 /* Backward of lora_linear_forward, accumulating into dinp [N, IC], ddown [R, IC], dup [OC, R]
@@ -82,18 +75,14 @@ void lora_linear_forward(float *out, float *xa, const float *inp, const float *d
  *   ddown += dxa^T @ inp,          dinp += dxa @ down.
  * dxa [N, R] is caller scratch, overwritten. xa [N, R] as saved by the forward. */
 void lora_linear_backward(float *dinp, float *ddown, float *dup, float *dxa, const float *xa,
-                          const float *dout, const float *inp, const float *down,
-                          const float *up, float scale, size_t N, size_t IC, size_t OC,
-                          size_t R)
+                          const float *dout, const float *inp, const float *down, const float *up,
+                          float scale, size_t N, size_t IC, size_t OC, size_t R)
 {
-    if (N == 0 || R == 0 || OC == 0)
-        return;
+    if (N == 0 || R == 0 || OC == 0) return;
     if (dup)
-        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (blasint)OC, (blasint)R,
-                    (blasint)N, scale, dout, (blasint)OC, xa, (blasint)R, 1.0f, dup,
-                    (blasint)R);
-    if (!ddown && !dinp)
-        return;
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (blasint)OC, (blasint)R, (blasint)N,
+                    scale, dout, (blasint)OC, xa, (blasint)R, 1.0f, dup, (blasint)R);
+    if (!ddown && !dinp) return;
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (blasint)N, (blasint)R, (blasint)OC,
                 scale, dout, (blasint)OC, up, (blasint)R, 0.0f, dxa, (blasint)R);
     linear_backward(dinp, ddown, NULL, dxa, inp, down, N, IC, R);

@@ -9,11 +9,10 @@
  *   rstd = 1 / sqrt(var + eps)
  *   out [n, c] = (x [n, c] - mean) * rstd * weight [c] + bias [c]
  * mean, rstd [N] are saved for backward when not NULL. */
-void layernorm_forward(float *out, float *mean, float *rstd, const float *inp,
-                       const float *weight, const float *bias, size_t N, size_t C, float eps)
+void layernorm_forward(float *out, float *mean, float *rstd, const float *inp, const float *weight,
+                       const float *bias, size_t N, size_t C, float eps)
 {
-    if (C == 0)
-        return;
+    if (C == 0) return;
 #pragma omp parallel for schedule(static)
     for (size_t n = 0; n < N; n++) {
         const float *x = inp + n * C;
@@ -33,10 +32,8 @@ void layernorm_forward(float *out, float *mean, float *rstd, const float *inp,
         float rsf = (float)rs;
         for (size_t c = 0; c < C; c++)
             y[c] = (float)(((double)x[c] - m) * rs) * weight[c] + bias[c];
-        if (mean)
-            mean[n] = mf;
-        if (rstd)
-            rstd[n] = rsf;
+        if (mean) mean[n] = mf;
+        if (rstd) rstd[n] = rsf;
     }
 }
 
@@ -47,11 +44,10 @@ void layernorm_forward(float *out, float *mean, float *rstd, const float *inp,
  * dinp, dweight, dbias may each be NULL. Row pass parallel over n (owns dinp rows); the
  * parameter pass parallel over blocks of channels (owns dweight/dbias); sums in double. */
 void layernorm_backward(float *dinp, float *dweight, float *dbias, const float *mean,
-                        const float *rstd, const float *dout, const float *inp,
-                        const float *weight, size_t N, size_t C)
+                        const float *rstd, const float *dout, const float *inp, const float *weight,
+                        size_t N, size_t C)
 {
-    if (C == 0 || N == 0)
-        return;
+    if (C == 0 || N == 0) return;
     if (dinp) {
 #pragma omp parallel for schedule(static)
         for (size_t n = 0; n < N; n++) {
@@ -86,10 +82,8 @@ void layernorm_backward(float *dinp, float *dweight, float *dbias, const float *
                 }
             }
             for (size_t c = 0; c < nc; c++) {
-                if (dweight)
-                    dweight[c0 + c] += (float)aw[c];
-                if (dbias)
-                    dbias[c0 + c] += (float)ab[c];
+                if (dweight) dweight[c0 + c] += (float)aw[c];
+                if (dbias) dbias[c0 + c] += (float)ab[c];
             }
         }
     }

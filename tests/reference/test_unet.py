@@ -13,7 +13,10 @@ single files), `dreambooth forward MODEL --net unet` on
 must give `sample` F32 of the input's shape with relative L2 error ||c - ref|| / ||ref||
 <= 1e-5 against the float32 reference module holding the stored (dtype-rounded) weights.
 Also: a latent size that is not a multiple of 2^(blocks-1) must be refused with exit 1 and
-one line on stderr. Exit status 1 on any failure (also when torch is missing). --bpe is
+one line on stderr; and through the C API (ctypes on libdreambooth.so next to the CLI):
+db_unet_forward reports progress after every block with increasing fractions ending at 1.0,
+its output equals the reference, and a callback returning nonzero at the third block stops it
+with DB_ERR_CANCELLED and a message. Exit status 1 on any failure (also when torch is missing). --bpe is
 accepted for symmetry with the other reference tests and not needed.
 """
 import argparse
@@ -124,6 +127,78 @@ def run_case(cli, work, kind, layout, dtype):
         print("ok   %s: 6x5 latent refused (%s)" % (name, err))
 
 
+DB_ERR_CANCELLED = 7
+
+
+def check_api(cli, work):
+    """Progress and cancellation through the C API."""
+    import ctypes
+    lib_path = os.path.join(os.path.dirname(os.path.abspath(cli)), "libdreambooth.so")
+    try:
+        lib = ctypes.CDLL(lib_path)
+    except OSError as e:
+        fail("api: cannot load %s: %s" % (lib_path, e))
+        return
+
+    class DbError(ctypes.Structure):
+        _fields_ = [("status", ctypes.c_int), ("msg", ctypes.c_char * 1024)]
+
+    PROGRESS = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_double, ctypes.c_char_p)
+    fp = ctypes.POINTER(ctypes.c_float)
+    lib.db_model_open.argtypes = [ctypes.POINTER(ctypes.c_void_p), ctypes.c_char_p, ctypes.c_void_p,
+                                  ctypes.POINTER(DbError)]
+    lib.db_model_free.argtypes = [ctypes.c_void_p]
+    lib.db_unet_forward.argtypes = [ctypes.c_void_p, fp, fp, fp, ctypes.c_int, ctypes.c_int, ctypes.c_int,
+                                    ctypes.c_int, fp, PROGRESS, ctypes.c_void_p, ctypes.POINTER(DbError)]
+    d = os.path.join(work, "api")
+    m = make_model.make_model("tiny-sd1", "diffusers", "f32", 4, os.path.join(d, "model"), nets=("unet",))
+    model, err = ctypes.c_void_p(), DbError()
+    if lib.db_model_open(ctypes.byref(model), os.path.join(d, "model").encode(), None, ctypes.byref(err)):
+        fail("api: db_model_open: %s" % err.msg.decode())
+        return
+    try:
+        g = np.random.default_rng(9)
+        sample = g.standard_normal((2, 4, 8, 8)).astype(np.float32)
+        t = np.array([10.0, 900.0], np.float32)
+        cfgs = getattr(m, "configs", None)
+        cross = (cfgs["unet"] if cfgs else sd_configs.unet_config("tiny-sd1"))["cross_attention_dim"]
+        ctx = g.standard_normal((2, 7, cross)).astype(np.float32)
+        out = np.zeros_like(sample)
+        seen = []
+
+        def ptr(a):
+            return a.ctypes.data_as(fp)
+
+        def run(cancel_at):
+            def cb(user, frac, stage):
+                seen.append((frac, stage))
+                return 1 if len(seen) == cancel_at else 0
+            cbf = PROGRESS(cb)
+            del seen[:]
+            return lib.db_unet_forward(model, ptr(sample), ptr(t), ptr(ctx), 2, 8, 8, 7, ptr(out), cbf,
+                                       None, ctypes.byref(err))
+
+        st = run(0)
+        fr = [f for f, _ in seen]
+        ref = reference(m.unet, sample, t, ctx)
+        e = rel_err(out, ref)
+        if st != 0:
+            fail("api: db_unet_forward returned %d: %s" % (st, err.msg.decode()))
+        elif len(fr) < 3 or any(b <= a for a, b in zip(fr, fr[1:])) or fr[-1] != 1.0 or not all(s for _, s in seen):
+            fail("api: progress fractions not increasing to 1.0: %s" % fr)
+        elif e > TOL:
+            fail("api: output rel L2 err %.3g > %g" % (e, TOL))
+        else:
+            print("ok   api: %d progress calls, increasing to 1.0; output rel L2 err %.3g" % (len(fr), e))
+        st = run(3)
+        if st != DB_ERR_CANCELLED or len(seen) != 3 or not err.msg:
+            fail("api: cancel at block 3: status %d after %d calls, message %r" % (st, len(seen), err.msg))
+        else:
+            print("ok   api: cancelled at block 3 -> DB_ERR_CANCELLED (%s)" % err.msg.decode())
+    finally:
+        lib.db_model_free(model)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--cli", required=True)
@@ -142,6 +217,7 @@ def main():
                 for dtype in ("f32", "f16"):
                     run_case(a.cli, work, kind, layout, dtype)
             run_case(a.cli, work, kind, "single-file", "bf16")
+        check_api(a.cli, work)
     except Exception as ex:
         import traceback
         traceback.print_exc()
