@@ -22,13 +22,17 @@
  *   checks train_params_bound(tp) == train_params_count_tensors(tp) (every selected tensor
  *   reached a slot). Forward adds lora_linear_forward / lora_conv2d_forward after the base
  *   layer; backward calls the matching *_backward with the LoRA grads (kernels.h).
- *   See clip_train_view_build (clip.h) for the text encoder.
+ *   Activations: an adapted linear saves xa = inp @ down^T [N, R] for backward (ClipActs
+ *   lora_xa: one [B*T*R] slot per adaptable linear per layer, R = train_params_lora_max_rank).
+ *   See clip_train_view_build (clip.h, clip.c) for the text encoder.
  *
  * LoRA conventions (PEFT LoraLayer, kohya-ss networks/lora.py LoRAModule)
  *   down (PEFT lora_A) [R, IC] or [R, C, KH, KW], up (lora_B) [OC, R] or [OC, R, 1, 1],
  *   scale = alpha / R; init: down ~ kaiming_uniform(a = sqrt(5)) = U(-1/sqrt(fan_in),
- *   1/sqrt(fan_in)) with fan_in = IC*KH*KW (torch.rand-exact draws from the seed, adapters in
- *   enumeration order, down before up), up = 0. Names: "<module>.lora_A.weight",
+ *   1/sqrt(fan_in)) with fan_in = IC*KH*KW, drawn as u * 2 bound - bound from rng_uniform
+ *   (torch.rand's generator, rng.h) seeded with TrainSpec.seed, adapters in enumeration
+ *   order (not PEFT's module order: values differ from PEFT's, the distribution is the same);
+ *   up = 0. Names: "<module>.lora_A.weight",
  *   "<module>.lora_B.weight" with <module> the canonical module path (PEFT's names without the
  *   "text_encoder." / "unet." prefix).
  *   Target sets (cumulative, TRAIN_LORA_ATTN < TRAIN_LORA_TRANSFORMER < TRAIN_LORA_CONV):

@@ -181,8 +181,8 @@ static const BackwardNet nets[] = {
 int cli_backward(int argc, char **argv)
 {
     g_auto(CliModelOptions) mo = {0};
-    char *net = NULL, *in_path = NULL, *out_path = NULL, *params = NULL, *lora = NULL;
-    char *lora_init = NULL;
+    g_autofree char *net = NULL, *in_path = NULL, *out_path = NULL, *params = NULL;
+    g_autofree char *lora = NULL, *lora_init = NULL;
     gint64 seed = 0;
     GOptionEntry entries[] = {
         {"net", 0, 0, G_OPTION_ARG_STRING, &net, "Network: text-encoder, unet", "NET"},

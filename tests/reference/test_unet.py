@@ -4,8 +4,9 @@
 
   test_unet.py --cli PATH_TO_dreambooth [--bpe GZ] [--workdir DIR] [--keep]
 
-For tiny-sd1 and tiny-sd2, diffusers folder and single file, F32 and F16 storage (plus BF16
-single files), `dreambooth forward MODEL --net unet` on
+For tiny-sd1 and tiny-sd2, diffusers folder and single file (whose configs are the ones the
+loader infers, make_model's inferable configs), F32 and F16 storage (plus BF16 single files),
+`dreambooth forward MODEL --net unet` on
   - sample [2,4,16,16], timestep I64 [2], encoder_hidden_states [2,77,D]
   - sample [2,4,8,16] (h != w), timestep F32 [2] (fractional), encoder_hidden_states [2,5,D]
   - sample [1,4,16,8] (batch 1), timestep F64 0-d (broadcast), encoder_hidden_states [1,77,D]
