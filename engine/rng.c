@@ -10,17 +10,23 @@
 #define MT_UMASK 0x80000000u
 #define MT_LMASK 0x7fffffffu
 
+/* Seeds every field: the state may be uninitialised memory (a stack variable). The fill
+ * mode starts as torch's x86-64 AVX2 path; rng_set_fill() changes it after seeding. */
 void rng_seed(DbRng *r, uint64_t seed)
 {
-    RngFill fill = r->fill;
     memset(r, 0, sizeof *r);
-    r->fill = fill == RNG_FILL_SCALAR ? RNG_FILL_SCALAR : RNG_FILL_AVX2;
+    r->fill = RNG_FILL_AVX2;
     r->seed = seed;
     r->state[0] = (uint32_t)(seed & 0xffffffffu);
     for (uint32_t j = 1; j < RNG_MT_N; j++)
         r->state[j] = 1812433253u * (r->state[j - 1] ^ (r->state[j - 1] >> 30)) + j;
     r->left = 1;
     r->next = 0;
+}
+
+void rng_set_fill(DbRng *r, RngFill fill)
+{
+    r->fill = fill == RNG_FILL_SCALAR ? RNG_FILL_SCALAR : RNG_FILL_AVX2;
 }
 
 static uint32_t mt_twist(uint32_t u, uint32_t v)

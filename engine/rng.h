@@ -42,6 +42,8 @@ typedef struct {
 
 /* torch.Generator().manual_seed(seed): mt19937 seeded with the low 32 bits, no cache. */
 void rng_seed(DbRng *r, uint64_t seed);
+/* Which torch normal_fill to reproduce (default after rng_seed: RNG_FILL_AVX2). */
+void rng_set_fill(DbRng *r, RngFill fill);
 
 uint32_t rng_u32(DbRng *r);
 uint64_t rng_u64(DbRng *r);   /* hi = first 32-bit draw, lo = second */

@@ -140,8 +140,25 @@ static void check_state_across_calls(void)
     for (size_t i = 0; i < 5; i++) expect_f32("rand([5]) seed 9", i, got[i], u[i]);
 }
 
+/* rng_seed must not depend on what the state held before (a stack variable's garbage once
+ * switched the fill mode at random: ASLR made generate non-deterministic). */
+static void check_seed_ignores_garbage(void)
+{
+    static DbRng a, b;
+    static float x[64], y[64];
+    memset(&a, 0x00, sizeof a);
+    memset(&b, 0xff, sizeof b);
+    b.fill = RNG_FILL_SCALAR; /* the garbage that used to select the other fill */
+    rng_seed(&a, 42);
+    rng_seed(&b, 42);
+    rng_randn(&a, x, 64);
+    rng_randn(&b, y, 64);
+    for (size_t i = 0; i < 64; i++) expect_f32("seed over garbage", i, y[i], x[i]);
+}
+
 int main(void)
 {
+    check_seed_ignores_garbage();
     check_small_sizes();
     check_latents();
     check_state_across_calls();

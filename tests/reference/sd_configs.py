@@ -185,7 +185,9 @@ _SCHED_COMMON = {
     "trained_betas": None,
 }
 _SCHED_EXTRA = {
-    "PNDMScheduler": {"skip_prk_steps": True},
+    # SD 1.x/2.x ship "clip_sample": false with their PNDMScheduler config; without it a
+    # DDIMScheduler/DDPMScheduler made from this config would clip (their default is True)
+    "PNDMScheduler": {"clip_sample": False, "skip_prk_steps": True},
     "DDIMScheduler": {"clip_sample": False, "clip_sample_range": 1.0,
                       "dynamic_thresholding_ratio": 0.995, "rescale_betas_zero_snr": False,
                       "sample_max_value": 1.0, "thresholding": False},
