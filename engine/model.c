@@ -4,6 +4,7 @@
  * SPDX-License-Identifier: GPL-3.0-or-later */
 #include "clip.h"
 #include "keymap.h"
+#include "weights.h"
 
 #include <glib.h>
 #include <errno.h>
@@ -157,6 +158,10 @@ static int check_param(void *user, const char *name, int ndim, const int64_t *sh
     if (part >= 0) w->t.data = (const char *)t->data + (size_t)part * w->t.nbytes;
     w->file = from->path;
     w->src_name = e->name;
+    if ((c->st = weight_check_finite(w, c->err)) != DB_OK) { /* NaN/Inf: weights_check.c */
+        g_free(w);
+        return 1;
+    }
     if (g_hash_table_contains(c->m->weights, name)) {
         g_free(w);
         c->st = db_fail(c->err, DB_ERR_MODEL, "%s: canonical name %s used twice", c->where, name);

@@ -38,7 +38,8 @@ struct UnetState {
 
 typedef struct {
     const DbModel *m;
-    int pass;      /* 0: count 1-D floats and the largest matrix; 1: resolve */
+    int pass;      /* 0: count 1-D floats and the largest matrix; 1: resolve; 2: bind to tp */
+    TrainParams *tp;
     float *vec;
     size_t nvec;   /* floats used (pass 1) or needed (pass 0) */
     size_t wmax;
@@ -70,8 +71,8 @@ static DbStatus walk_find(Walk *k, const DbWeight **out, const char *name, int n
 }
 
 /* 1-D parameter [c] -> f32 copy. */
-static DbStatus walk_vec(Walk *k, const float **slot, const char *prefix, const char *suffix,
-                         int64_t c)
+static DbStatus walk_vec(Walk *k, const float **slot, float **grad, const char *prefix,
+                         const char *suffix, int64_t c)
 {
     char name[224];
     if ((size_t)snprintf(name, sizeof name, "%s%s", prefix, suffix) >= sizeof name)
@@ -84,6 +85,8 @@ static DbStatus walk_vec(Walk *k, const float **slot, const char *prefix, const 
         dtype_to_f32(k->vec + k->nvec, w->t.data, w->t.dtype, (size_t)c);
         *slot = k->vec + k->nvec;
     }
+    if (k->pass == 2)
+        train_params_bind(k->tp, name, slot, grad);
     k->nvec += (size_t)c;
     return DB_OK;
 }
@@ -101,14 +104,19 @@ static DbStatus walk_lin(Walk *k, UnetLin *l, const char *prefix, int64_t oc, in
         return st;
     if (l->w->t.nelem > k->wmax)
         k->wmax = l->w->t.nelem;
-    l->b = NULL;
-    return bias ? walk_vec(k, &l->b, prefix, ".bias", oc) : DB_OK;
+    if (k->pass == 2) {
+        train_params_bind(k->tp, name, &l->wf, &l->dw);
+        train_params_bind_lora(k->tp, prefix, &l->lora, &l->dlora);
+    } else {
+        l->b = NULL;
+    }
+    return bias ? walk_vec(k, &l->b, &l->db, prefix, ".bias", oc) : DB_OK;
 }
 
 static DbStatus walk_norm(Walk *k, UnetNorm *n, const char *prefix, int64_t c)
 {
-    DbStatus st = walk_vec(k, &n->w, prefix, ".weight", c);
-    return st != DB_OK ? st : walk_vec(k, &n->b, prefix, ".bias", c);
+    DbStatus st = walk_vec(k, &n->w, &n->dw, prefix, ".weight", c);
+    return st != DB_OK ? st : walk_vec(k, &n->b, &n->db, prefix, ".bias", c);
 }
 
 #define TRY(x) do { DbStatus st_ = (x); if (st_ != DB_OK) return st_; } while (0)
@@ -123,7 +131,8 @@ static DbStatus walk_resnet(Walk *k, UnetResnet *r, const char *p, int cin, int 
     TRY(walk_lin(k, &r->time_emb_proj, SUB(".time_emb_proj"), cout, T, 0, 1));
     TRY(walk_norm(k, &r->norm2, SUB(".norm2"), cout));
     TRY(walk_lin(k, &r->conv2, SUB(".conv2"), cout, cout, 3, 1));
-    r->conv_shortcut.w = NULL, r->conv_shortcut.b = NULL;
+    if (k->pass != 2)
+        memset(&r->conv_shortcut, 0, sizeof r->conv_shortcut);
     if (cin != cout)
         TRY(walk_lin(k, &r->conv_shortcut, SUB(".conv_shortcut"), cout, cin, 1, 1));
     return DB_OK;
@@ -223,12 +232,12 @@ DbStatus unet_state_build(UnetState **out, const DbModel *m, DbError *err)
     UnetState *s = calloc(1, sizeof *s);
     if (!s)
         return db_fail(err, DB_ERR_NOMEM, "UNet: out of memory");
-    Walk k = {m, 0, NULL, 0, 0, err};
+    Walk k = {m, 0, NULL, NULL, 0, 0, err};
     DbStatus st = unet_walk(&k, &s->p, c);
     if (st == DB_OK && !(s->vec = malloc((k.nvec ? k.nvec : 1) * sizeof(float))))
         st = db_fail(err, DB_ERR_NOMEM, "UNet: cannot allocate %zu floats of parameters", k.nvec);
     if (st == DB_OK) {
-        Walk k1 = {m, 1, s->vec, 0, 0, err};
+        Walk k1 = {m, 1, NULL, s->vec, 0, 0, err};
         st = unet_walk(&k1, &s->p, c);
         s->wmax = k1.wmax;
     }
@@ -241,6 +250,21 @@ DbStatus unet_state_build(UnetState **out, const DbModel *m, DbError *err)
 }
 
 const UnetParams *unet_state_params(const UnetState *s) { return &s->p; }
+
+DbStatus unet_train_view_build(UnetParams *view, const UnetState *s, const DbModel *m,
+                               TrainParams *tp, DbError *err)
+{
+    *view = s->p;
+    train_params_bind_reset(tp);
+    Walk k = {m, 2, tp, NULL, 0, 0, err};
+    TRY(unet_walk(&k, view, &m->unet));
+    if (train_params_bound(tp) != train_params_count_tensors(tp))
+        return db_fail(err, DB_ERR_MODEL, "%s: %zu of %zu trainable UNet tensors have no slot",
+                       m->path ? m->path : "model",
+                       train_params_count_tensors(tp) - train_params_bound(tp),
+                       train_params_count_tensors(tp));
+    return DB_OK;
+}
 size_t unet_state_wscratch_size(const UnetState *s) { return s->wmax; }
 
 void unet_state_free(UnetState *s)

@@ -13,19 +13,29 @@
 #define DB_UNET_H
 
 #include "model.h"
+#include "train_params.h"
 
 #define UNET_MAX_LAYERS 16 /* layers_per_block (config range); up blocks have one more */
 
 /* A linear layer or a conv: weight [OC, IC] or [OC, IC, K, K] as in the file (widened on
- * use); bias [OC] f32 (NULL: none). w == NULL: the layer is absent (identity shortcut). */
+ * use); bias [OC] f32 (NULL: none). w == NULL: the layer is absent (identity shortcut).
+ * Training view (unet_train_view_build): wf, when set, is the fp32 master of the weight and
+ * replaces w; dw, db [same shapes] its gradients (NULL: frozen); lora/dlora the adapter
+ * (lora.down NULL: none). Inference leaves all of them zero. */
 typedef struct {
     const DbWeight *w;
     const float *b;
+    const float *wf;
+    float *dw, *db;
+    LoraParams lora;
+    LoraGrads dlora;
 } UnetLin;
 
-/* GroupNorm / LayerNorm affine parameters gamma, beta [C] (f32). */
+/* GroupNorm / LayerNorm affine parameters gamma, beta [C] (f32); dw, db their gradients in a
+ * training view (NULL: frozen). */
 typedef struct {
     const float *w, *b;
+    float *dw, *db;
 } UnetNorm;
 
 /* diffusers ResnetBlock2D (time_embedding_norm "default", output_scale_factor 1). */
@@ -116,6 +126,11 @@ DbStatus unet_state_build(UnetState **out, const DbModel *m, DbError *err);
 const UnetParams *unet_state_params(const UnetState *s);
 size_t unet_state_wscratch_size(const UnetState *s); /* floats */
 void unet_state_free(UnetState *s);
+/* Training view: *view = the state's parameters with every slot bound to tp
+ * (train_params.h): selected weights point to their fp32 masters and get gradient pointers,
+ * adapted layers get their LoRA; fails unless every tensor of tp reached a slot. */
+DbStatus unet_train_view_build(UnetParams *view, const UnetState *s, const DbModel *m,
+                               TrainParams *tp, DbError *err);
 
 /* ---- blocks (unet_blocks.c) ----
  * Functions with an int result return conv2d_forward's: 0, or -1 when the conv scratch is
@@ -142,7 +157,47 @@ size_t unet_upsample_work_size(size_t C, size_t B, size_t HW);
 int unet_upsample_forward(float *out, const UnetWork *wk, const float *inp, const UnetLin *p,
                           size_t B, size_t C, size_t H, size_t W);
 
-/* Widens l's weight into wk->wscratch (or points into the mapped file). */
+/* ---- training blocks (unet_blocks_backward.c) ----
+ * *_train_forward: the block's forward with the view's fp32 masters and LoRA adapters,
+ * saving what its backward needs into acts [*_acts_size floats]. *_backward: the same block
+ * read bottom-up; accumulates (+=) dinp (may be NULL), dtemb [B, T] (resnets), dctx [B, S, X]
+ * (transformers, may be NULL) and the view's parameter gradients; scratch [*_bwd_size floats]
+ * is overwritten. R: the view's largest LoRA rank (0 without LoRA). Int results as
+ * conv2d_forward's. Both may be called again for the same block (checkpointing recomputes). */
+size_t unet_resnet_acts_size(size_t cin, size_t cout, size_t B, size_t HW, size_t G, size_t R);
+size_t unet_resnet_bwd_size(size_t cin, size_t cout, size_t B, size_t HW, size_t R);
+int unet_resnet_train_forward(float *out, float *acts, const UnetWork *wk, const float *inp,
+                              const float *temb_act, const UnetResnet *p, size_t B, size_t H,
+                              size_t W, size_t T, size_t G, float eps, size_t R);
+int unet_resnet_backward(float *dinp, float *dtemb, const float *acts, const float *dout,
+                         const float *inp, const float *temb_act, const UnetResnet *p,
+                         const UnetWork *wk, float *scratch, size_t B, size_t H, size_t W,
+                         size_t T, size_t G, size_t R);
+size_t unet_transformer_acts_size(size_t C, size_t heads, size_t B, size_t HW, size_t S, size_t G,
+                                  size_t R);
+size_t unet_transformer_bwd_size(size_t C, size_t B, size_t HW, size_t S, size_t R);
+void unet_transformer_train_forward(float *out, float *acts, const UnetWork *wk, const float *inp,
+                                    const float *ctx, const UnetTransformer *p, size_t B, size_t H,
+                                    size_t W, size_t S, size_t X, size_t G, size_t R);
+void unet_transformer_backward(float *dinp, float *dctx, const float *acts, const float *dout,
+                               const float *inp, const float *ctx, const UnetTransformer *p,
+                               const UnetWork *wk, float *scratch, size_t B, size_t H, size_t W,
+                               size_t S, size_t X, size_t G, size_t R);
+/* Down/Upsample2D (up: 1 / 0); HW = H*W of the block input. */
+size_t unet_sample_acts_size(int up, size_t C, size_t B, size_t HW, size_t R);
+size_t unet_sample_bwd_size(int up, size_t C, size_t B, size_t HW, size_t R);
+int unet_downsample_train_forward(float *out, float *acts, const UnetWork *wk, const float *inp,
+                                  const UnetLin *p, size_t B, size_t C, size_t H, size_t W);
+int unet_downsample_backward(float *dinp, const float *acts, const float *dout, const float *inp,
+                             const UnetLin *p, const UnetWork *wk, float *scratch, size_t B,
+                             size_t C, size_t H, size_t W);
+int unet_upsample_train_forward(float *out, float *acts, const UnetWork *wk, const float *inp,
+                                const UnetLin *p, size_t B, size_t C, size_t H, size_t W);
+int unet_upsample_backward(float *dinp, const float *acts, const float *dout, const UnetLin *p,
+                           const UnetWork *wk, float *scratch, size_t B, size_t C, size_t H,
+                           size_t W);
+
+/* Widens l's weight into wk->wscratch (or points into the mapped file); l->wf when set. */
 const float *unet_weight(const UnetLin *l, const UnetWork *wk);
 
 /* ---- whole network (unet.c) ----
@@ -157,5 +212,26 @@ int unet_block_count(const UnetConfig *c);
 DbStatus unet_forward(float *out, UnetActs *a, const UnetWork *wk, const float *sample,
                       const float *timesteps, const float *ctx, const UnetParams *p,
                       const UnetConfig *c, const UnetDims *d, UnetProgress *pr, DbError *err);
+
+/* ---- training: forward that keeps block inputs, backward (unet_backward.c) ----
+ * One UnetTrain holds the plan (the forward's list of blocks) and one allocation for a
+ * batch shape: every block's output (= the next block's input; skips included), their
+ * gradients, and the block internals: with checkpointing one buffer sized to the largest
+ * block, reused (backward recomputes each block's train_forward right before its backward);
+ * without, every block's internals kept from the forward. Both give the same gradients. */
+typedef struct UnetTrain UnetTrain;
+DbStatus unet_train_new(UnetTrain **out, const UnetParams *view, const UnetConfig *c,
+                        const UnetDims *d, size_t lora_rank, size_t wscratch_floats,
+                        int checkpointing, DbError *err);
+size_t unet_train_floats(const UnetTrain *t); /* floats of its allocation */
+/* out [B, Cout, H, W] of sample [B, Cin, H, W], timesteps [B], ctx [B, S, X]; the three inputs
+ * must stay alive and unchanged until unet_train_backward. */
+DbStatus unet_train_forward(UnetTrain *t, float *out, const float *sample, const float *timesteps,
+                            const float *ctx, DbError *err);
+/* With dout [B, Cout, H, W] = d loss / d out: accumulates the view's parameter gradients and
+ * dsample [B, Cin, H, W], dctx [B, S, X] (either may be NULL). */
+DbStatus unet_train_backward(UnetTrain *t, float *dsample, float *dctx, const float *dout,
+                             DbError *err);
+void unet_train_free(UnetTrain *t);
 
 #endif

@@ -79,7 +79,7 @@ static const float *widen(const DbWeight *w, float *scratch)
 
 const float *unet_weight(const UnetLin *l, const UnetWork *wk)
 {
-    return widen(l->w, wk->wscratch);
+    return l->wf ? l->wf : widen(l->w, wk->wscratch);
 }
 
 /* ---- ResnetBlock2D ------------------------------------------------------------------- */
@@ -230,8 +230,8 @@ void unet_transformer_forward(float *out, const UnetWork *wk, const float *inp, 
 
     /* both FF weights stay widened across the row chunks: scratch holds ff_in then ff_out */
     layernorm_forward(ln, NULL, NULL, tok, p->norm3.w, p->norm3.b, N, C, 1e-5f);
-    const float *w_in = widen(p->ff_in.w, wk->wscratch);
-    const float *w_out = widen(p->ff_out.w, wk->wscratch + 8 * C * C);
+    const float *w_in = p->ff_in.wf ? p->ff_in.wf : widen(p->ff_in.w, wk->wscratch);
+    const float *w_out = p->ff_out.wf ? p->ff_out.wf : widen(p->ff_out.w, wk->wscratch + 8 * C * C);
     for (size_t r0 = 0; r0 < N; r0 += rows) {
         const size_t nr = N - r0 < rows ? N - r0 : rows;
         linear_forward(ffh, ln + r0 * C, w_in, p->ff_in.b, nr, C, 8 * C);

@@ -516,8 +516,11 @@ DbStatus vae_decoder_forward(float **sample, VaeActs *a, const float *latent,
 
 /* im2col chunk: every conv gets at least one whole output row (C*K*K*OW floats, the most
  * any conv of the pass needs), and up to VAE_COL_FLOATS so that sgemm sees a few thousand
- * output pixels at a time; never the whole im2col matrix of a large image. */
-#define VAE_COL_FLOATS ((size_t)1 << 23)
+ * output pixels at a time; never the whole im2col matrix of a large image. The same scratch
+ * serves conv2d_forward's Winograd path (3x3 stride 1): the 16*C*C transformed weights of
+ * the widest layer plus at least one row of tiles (16*2C*W), so that path is open to every
+ * 3x3 conv of the pass (64 MiB at SD shapes: the 512-channel layers get ~2000-tile GEMMs). */
+#define VAE_COL_FLOATS ((size_t)1 << 24)
 
 static void col_track(size_t *row, size_t *full, size_t C, size_t K, size_t OH, size_t OW)
 {
@@ -540,5 +543,7 @@ size_t vae_col_size(const VaeConfig *c, VaeSide side, size_t H, size_t W)
             H *= 2, W *= 2;
     /* an upper bound: the widest input at the largest resolution */
     col_track(&row, &full, cmax, 3, H, W);
-    return full < VAE_COL_FLOATS ? full : row > VAE_COL_FLOATS ? row : VAE_COL_FLOATS;
+    size_t cap = full < VAE_COL_FLOATS ? full : row > VAE_COL_FLOATS ? row : VAE_COL_FLOATS;
+    size_t wino = 16 * cmax * cmax + 32 * cmax * W;
+    return cap > wino ? cap : wino;
 }

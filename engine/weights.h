@@ -13,4 +13,10 @@ const float *weight_f32(const DbWeight *w, float *scratch);
 /* 1 when weight_f32 would need scratch for w. */
 int weight_needs_scratch(const DbWeight *w);
 
+/* weights_check.c: index of the first NaN/Inf among nelem values of dtype (F32, F16, BF16) at
+ * data (any alignment), or SIZE_MAX when all are finite; *is_nan (may be NULL) says which. */
+size_t weights_find_nonfinite(const void *data, DbDtype dtype, size_t nelem, int *is_nan);
+/* DB_OK, or DB_ERR_MODEL "FILE: tensor NAME holds NaN at element i of n: ..." (one line). */
+DbStatus weight_check_finite(const DbWeight *w, DbError *err);
+
 #endif

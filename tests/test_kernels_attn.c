@@ -1,7 +1,11 @@
 /* attention_forward against attention_forward_ref on odd shapes, large scores, causal and
- * cross attention; prints the time of a [2, 4096, 8*40] self-attention.
+ * cross attention; attention_backward against a double reference (attention_bwd_d, below) on
+ * shapes that cross its tile and head-dimension chunk boundaries, and the same gradients with
+ * 1 and 4 threads (whole-head and split work division: must be bitwise equal); prints the
+ * time of a [2, 4096, 8*40] self-attention.
  * Tolerances: out: max |fast - ref| / max |ref| <= 1e-5 per case;
- *             lse: |fast - ref| <= 1e-5 * max(1, |ref|) per element.
+ *             lse: |fast - ref| <= 1e-5 * max(1, |ref|) per element;
+ *             dq, dk, dv: max |fast - ref| / max |ref| <= 1e-5 per tensor and case.
  * Exit status is the verdict.
  * SPDX-License-Identifier: GPL-3.0-or-later */
 #include "kernels.h"
@@ -11,6 +15,7 @@
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 #ifdef DB_KERNELS_NO_AVX2
 static const int baseline_build = 1;
@@ -81,6 +86,138 @@ static int check_case(const char *name, size_t B, size_t Nq, size_t Nk, size_t H
     return ok;
 }
 
+/* Double reference gradients (set, not added) of one softmax attention: per (b, h, i) the
+ * probability row P_i. over the visible keys, dP_ij = dO_i . v_j, dS_ij = P_ij (dP_ij -
+ * sum_j' P_ij' dP_ij'); dq_i = scale sum_j dS_ij k_j, dk_j += scale dS_ij q_i,
+ * dv_j += P_ij dO_i. Returns -1 when out of memory. */
+static int attention_bwd_d(double *dq, double *dk, double *dv, const float *dout, const float *q,
+                           const float *k, const float *v, size_t B, size_t Nq, size_t Nk,
+                           size_t H, size_t D, double scale, int causal)
+{
+    size_t ld = H * D;
+    double *p = malloc(Nk * sizeof(double)), *dp = malloc(Nk * sizeof(double));
+    if (!p || !dp) {
+        free(p);
+        free(dp);
+        return -1;
+    }
+    memset(dq, 0, B * Nq * ld * sizeof(double));
+    memset(dk, 0, B * Nk * ld * sizeof(double));
+    memset(dv, 0, B * Nk * ld * sizeof(double));
+    for (size_t b = 0; b < B; b++)
+        for (size_t h = 0; h < H; h++)
+            for (size_t i = 0; i < Nq; i++) {
+                const float *qi = q + (b * Nq + i) * ld + h * D, *gi = dout + (b * Nq + i) * ld + h * D;
+                size_t nv = causal ? i + 1 : Nk;
+                double mx = -INFINITY, sum = 0.0, pdp = 0.0;
+                for (size_t j = 0; j < nv; j++) {
+                    const float *kj = k + (b * Nk + j) * ld + h * D, *vj = v + (b * Nk + j) * ld + h * D;
+                    double s = 0.0, t = 0.0;
+                    for (size_t d = 0; d < D; d++) {
+                        s += (double)qi[d] * kj[d];
+                        t += (double)gi[d] * vj[d];
+                    }
+                    p[j] = s * scale;
+                    dp[j] = t;
+                    mx = fmax(mx, p[j]);
+                }
+                for (size_t j = 0; j < nv; j++) {
+                    p[j] = exp(p[j] - mx);
+                    sum += p[j];
+                }
+                for (size_t j = 0; j < nv; j++) {
+                    p[j] /= sum;
+                    pdp += p[j] * dp[j];
+                }
+                for (size_t j = 0; j < nv; j++) {
+                    double ds = p[j] * (dp[j] - pdp) * scale;
+                    const float *kj = k + (b * Nk + j) * ld + h * D;
+                    double *dqi = dq + (b * Nq + i) * ld + h * D;
+                    double *dkj = dk + (b * Nk + j) * ld + h * D, *dvj = dv + (b * Nk + j) * ld + h * D;
+                    for (size_t d = 0; d < D; d++) {
+                        dqi[d] += ds * kj[d];
+                        dkj[d] += ds * qi[d];
+                        dvj[d] += p[j] * gi[d];
+                    }
+                }
+            }
+    free(p);
+    free(dp);
+    return 0;
+}
+
+/* attention_backward (dq, dk, dv accumulate onto a nonzero start) against attention_bwd_d;
+ * then, with 1 and with 4 threads, the same gradients bit for bit. */
+static int check_backward(const char *name, size_t B, size_t Nq, size_t Nk, size_t H, size_t D,
+                          float scale, int causal)
+{
+    size_t nq = B * Nq * H * D, nk = B * Nk * H * D, nl = B * H * Nq, n[3] = {nq, nk, nk};
+    float *q = rand_array(nq, 1.0f), *k = rand_array(nk, 1.0f), *v = rand_array(nk, 1.0f);
+    float *dout = rand_array(nq, 1.0f), *out = rand_array(nq, 1.0f), *lse = rand_array(nl, 1.0f);
+    float *g[3], *g0[3], *g4[3];
+    double *gd[3];
+    for (int t = 0; t < 3; t++) {
+        g[t] = rand_array(n[t], 1.0f);
+        g0[t] = malloc(n[t] * sizeof(float));
+        g4[t] = malloc(n[t] * sizeof(float));
+        gd[t] = calloc(n[t], sizeof(double));
+    }
+    for (int t = 0; t < 3; t++)
+        if (!g0[t] || !g4[t] || !gd[t]) {
+            fprintf(stderr, "out of memory\n");
+            exit(2);
+        }
+    if (attention_bwd_d(gd[0], gd[1], gd[2], dout, q, k, v, B, Nq, Nk, H, D, scale, causal) != 0) {
+        fprintf(stderr, "out of memory\n");
+        exit(2);
+    }
+    attention_forward(out, lse, q, k, v, B, Nq, Nk, H, D, scale, causal);
+    for (int t = 0; t < 3; t++) {
+        memcpy(g0[t], g[t], n[t] * sizeof(float));
+        memcpy(g4[t], g[t], n[t] * sizeof(float));
+    }
+    int threads = omp_get_max_threads();
+    omp_set_num_threads(1);
+    attention_backward(g0[0], g0[1], g0[2], out, lse, dout, q, k, v, B, Nq, Nk, H, D, scale,
+                       causal);
+    omp_set_num_threads(4);
+    attention_backward(g4[0], g4[1], g4[2], out, lse, dout, q, k, v, B, Nq, Nk, H, D, scale,
+                       causal);
+    omp_set_num_threads(threads);
+
+    int ok = 1;
+    double rel[3];
+    for (int t = 0; t < 3; t++) {
+        double maxref = 0.0, maxdiff = 0.0;
+        for (size_t i = 0; i < n[t]; i++) {
+            double want = (double)g[t][i] + gd[t][i];
+            maxref = fmax(maxref, fabs(want));
+            double d = fabs((double)g0[t][i] - want);
+            maxdiff = isnan(g0[t][i]) ? INFINITY : fmax(maxdiff, d);
+            if (memcmp(&g0[t][i], &g4[t][i], sizeof(float)) != 0) ok = 0;
+        }
+        rel[t] = maxref > 0.0 ? maxdiff / maxref : maxdiff;
+        ok &= rel[t] <= 1e-5;
+    }
+    printf("%-34s B=%zu Nq=%zu Nk=%zu H=%zu D=%zu causal=%d: dq %.2e dk %.2e dv %.2e, "
+           "1 vs 4 threads %s %s\n",
+           name, B, Nq, Nk, H, D, causal, rel[0], rel[1], rel[2], ok ? "equal" : "checked",
+           ok ? "ok" : "FAIL");
+    for (int t = 0; t < 3; t++) {
+        free(g[t]);
+        free(g0[t]);
+        free(g4[t]);
+        free(gd[t]);
+    }
+    free(q);
+    free(k);
+    free(v);
+    free(dout);
+    free(out);
+    free(lse);
+    return ok;
+}
+
 /* Largest |scale * q . k| over all pairs, to show the large-value case reaches +-80. */
 static double max_abs_score(size_t Nq, size_t Nk, size_t D, float a, float scale)
 {
@@ -147,6 +284,13 @@ int main(void)
     ok &= check_case("large scores", 1, 33, 70, 1, 16, 4.0f, 1.0f, 0);
     ok &= check_case("large scores, causal", 1, 70, 70, 2, 16, 4.0f, 1.0f, 1);
     ok &= check_case("large scores, negative scale", 1, 33, 70, 1, 16, 4.0f, -1.0f, 0);
+    ok &= check_case("self, D=200 (chunked Q^T)", 1, 50, 70, 2, 200, 1.0f, 0.0707f, 0);
+    ok &= check_backward("bwd cross, Nk=77, D=40", 2, 100, 77, 2, 40, 0.1581f, 0);
+    ok &= check_backward("bwd self, several tiles, D=64", 1, 130, 130, 2, 64, 0.125f, 0);
+    ok &= check_backward("bwd causal, unaligned tiles", 1, 150, 150, 2, 40, 0.1581f, 1);
+    ok &= check_backward("bwd odd shapes, D=5", 2, 7, 13, 3, 5, 0.4472f, 0);
+    ok &= check_backward("bwd D=100 (chunked K^T, V^T)", 1, 60, 70, 1, 100, 0.1f, 0);
+    ok &= check_backward("bwd D=100, causal", 1, 70, 70, 3, 100, 0.1f, 1);
     if (!baseline_build) time_self_attention(); /* the baseline-ISA build only checks correctness */
     printf("%s\n", ok ? "all attention tests passed" : "attention tests FAILED");
     return ok ? 0 : 1;

@@ -5,10 +5,13 @@
 #include <glib.h>
 
 #include "dreambooth.h"
+#include "memory_estimate.h"
 
 /* Exit codes: 0 ok, 1 failure reported on one line, 2 usage error. */
 #define CLI_EXIT_FAIL 1
 #define CLI_EXIT_USAGE 2
+
+#define CLI_THREADS_UNSET (-2147483647 - 1) /* INT_MIN: --threads not given */
 
 /* Options every model-using command takes. */
 typedef struct {
@@ -34,5 +37,10 @@ int cli_forward(int argc, char **argv);
 int cli_backward(int argc, char **argv);
 int cli_init(int argc, char **argv);
 int cli_generate(int argc, char **argv);
+int cli_encode_image(int argc, char **argv);
+
+/* 0 when the estimate fits in MemAvailable (or force); else prints "this run needs X GiB,
+ * Y GiB available ..." and returns -1. */
+int cli_check_memory(const DbMemoryEstimate *e, int force);
 
 #endif

@@ -24,7 +24,13 @@
 typedef struct {
     TrainSpec spec;
     const char *lora_init; /* NULL: kaiming/zero init */
+    int checkpointing;     /* UNet: recompute blocks in backward (--no-checkpointing: 0) */
 } BackwardOptions;
+
+/* cli_backward_unet.c */
+DbStatus cli_backward_unet(DbModel *m, const SafetensorsFile *in, SafetensorsWriter *out,
+                           const TrainSpec *spec, const char *lora_init, int checkpointing,
+                           DbError *err);
 
 typedef DbStatus (*BackwardFn)(DbModel *m, const SafetensorsFile *in, SafetensorsWriter *out,
                                const BackwardOptions *o, DbError *err);
@@ -167,15 +173,16 @@ static DbStatus run_text_encoder(DbModel *m, const SafetensorsFile *in, Safetens
 static DbStatus run_unet(DbModel *m, const SafetensorsFile *in, SafetensorsWriter *out,
                          const BackwardOptions *o, DbError *err)
 {
-    (void)m, (void)in, (void)out, (void)o;
-    return db_fail(err, DB_ERR_UNSUPPORTED, "backward --net unet: the UNet backward is not yet "
-                   "available (only --net text-encoder)");
+    return cli_backward_unet(m, in, out, &o->spec, o->lora_init, o->checkpointing, err);
 }
 
 static const BackwardNet nets[] = {
     {"text-encoder", run_text_encoder, "input_ids I64|I32 [B,77], grad_output F32 [B,77,D]",
      "last_hidden_state, grad.<param>"},
-    {"unet", run_unet, "(not yet available)", ""},
+    {"unet", run_unet,
+     "sample F32 [B,4,h,w], timestep [B]|[1]|[], encoder_hidden_states F32 [B,S,D], "
+     "grad_output F32 [B,4,h,w]",
+     "sample, grad.sample, grad.encoder_hidden_states, grad.<param>"},
 };
 
 int cli_backward(int argc, char **argv)
@@ -184,6 +191,7 @@ int cli_backward(int argc, char **argv)
     g_autofree char *net = NULL, *in_path = NULL, *out_path = NULL, *params = NULL;
     g_autofree char *lora = NULL, *lora_init = NULL;
     gint64 seed = 0;
+    gboolean no_ckpt = FALSE;
     GOptionEntry entries[] = {
         {"net", 0, 0, G_OPTION_ARG_STRING, &net, "Network: text-encoder, unet", "NET"},
         {"in", 0, 0, G_OPTION_ARG_FILENAME, &in_path, "Inputs and grad_output (.safetensors)", "IN"},
@@ -195,6 +203,8 @@ int cli_backward(int argc, char **argv)
         {"lora-init", 0, 0, G_OPTION_ARG_FILENAME, &lora_init,
          "Initial LoRA values (PEFT names <module>.lora_A.weight / .lora_B.weight)", "FILE"},
         {"seed", 0, 0, G_OPTION_ARG_INT64, &seed, "Seed of the LoRA down init (default 0)", "N"},
+        {"no-checkpointing", 0, 0, G_OPTION_ARG_NONE, &no_ckpt,
+         "UNet: keep every block's activations instead of recomputing them", NULL},
         G_OPTION_ENTRY_NULL};
     g_autoptr(GOptionContext) ctx =
         g_option_context_new("MODEL - one forward and backward of one network (gradient tests)");
@@ -220,7 +230,7 @@ int cli_backward(int argc, char **argv)
     }
     DbError err;
     db_error_clear(&err);
-    BackwardOptions o = {{params, 0, 0.0f, TRAIN_LORA_NONE, (uint64_t)seed}, lora_init};
+    BackwardOptions o = {{params, 0, 0.0f, TRAIN_LORA_NONE, (uint64_t)seed}, lora_init, !no_ckpt};
     if (lora && train_lora_parse(&o.spec, lora, &err) != DB_OK) {
         cli_error("%s", err.msg);
         return CLI_EXIT_USAGE;

@@ -255,6 +255,32 @@ static const ForwardNet nets[] = {
     {"vae-decoder", run_vae_decoder, "latent F32 [B,4,h,w] (unscaled)", "sample F32 [B,3,h*f,w*f]"},
 };
 
+static gboolean force_memory = FALSE;
+
+/* memory_estimate.h from the input's batch and size; 0 = fits (or --force, or unknown). */
+static int check_forward_memory(const DbModel *m, const ForwardNet *spec, const SafetensorsFile *in)
+{
+    static const struct { const char *net, *tensor; DbTask task; } t[] = {
+        {"text-encoder", "input_ids", DB_TASK_TEXT_ENCODER}, {"unet", "sample", DB_TASK_UNET},
+        {"vae-encoder", "sample", DB_TASK_VAE_ENCODE}, {"vae-decoder", "latent", DB_TASK_VAE_DECODE}};
+    for (size_t i = 0; i < G_N_ELEMENTS(t); i++) {
+        const SafetensorsEntry *e = safetensors_find(in, t[i].tensor);
+        if (strcmp(spec->name, t[i].net) || !e || e->t.ndim < 2) continue;
+        int f = db_vae_scale_factor(m), nd = e->t.ndim;
+        int64_t b = e->t.shape[0], h = nd == 4 ? e->t.shape[2] : 0, w = nd == 4 ? e->t.shape[3] : 0;
+        if (b > 4096 || h > 65536 || w > 65536) return 0; /* read_* refuses these itself */
+        if (t[i].task == DB_TASK_VAE_DECODE) { h *= f; w *= f; }
+        DbVaeOptions vo = {vae_tile, vae_overlap, 0};
+        DbMemoryEstimate est;
+        if (db_estimate_memory(m, t[i].task, (int)b, (int)w, (int)h, 0.0f, &vo, &est)) {
+            if (g_getenv("DREAMBOOTH_PRINT_ESTIMATE"))
+                fprintf(stderr, "dreambooth: estimate %.3f GiB\n", est.bytes / 1073741824.0);
+            return cli_check_memory(&est, force_memory);
+        }
+    }
+    return 0;
+}
+
 int cli_forward(int argc, char **argv)
 {
     g_auto(CliModelOptions) mo = {0};
@@ -269,6 +295,7 @@ int cli_forward(int argc, char **argv)
          "VAE tile size in image pixels (0 = untiled; default: automatic)", "N"},
         {"tile-overlap", 0, 0, G_OPTION_ARG_INT, &vae_overlap,
          "VAE tile overlap in image pixels (default: tile/4)", "N"},
+        {"force", 0, 0, G_OPTION_ARG_NONE, &force_memory, "Run even when the memory estimate exceeds what is available", NULL},
         G_OPTION_ENTRY_NULL};
     g_autoptr(GOptionContext) ctx =
         g_option_context_new("MODEL - run one network on inputs from a safetensors file");
@@ -301,6 +328,11 @@ int cli_forward(int argc, char **argv)
     }
     DbModel *m = cli_open_model(argv[1], &mo);
     if (!m) {
+        safetensors_close(in);
+        return CLI_EXIT_FAIL;
+    }
+    if (check_forward_memory(m, spec, in) != 0) {
+        db_model_free(m);
         safetensors_close(in);
         return CLI_EXIT_FAIL;
     }

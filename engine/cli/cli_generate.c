@@ -177,6 +177,8 @@ static int on_progress(void *user, double fraction, const char *stage)
     return cancel_requested;
 }
 
+static void quiet_printerr(const gchar *s) { (void)s; }
+
 static DbStatus on_image(void *user, int index, uint64_t seed, const float *latent,
                          const float *image, DbError *err)
 {
@@ -199,8 +201,11 @@ static DbStatus on_image(void *user, int index, uint64_t seed, const float *late
                                  g->params_end);
     char msg[1024];
     DbStatus st = DB_OK;
+    /* gegl:png-save prints every failed write (EFBIG, ENOSPC) itself; msg reports it once */
+    GPrintFunc old_printerr = g_set_printerr_handler(quiet_printerr);
     if (png_write_rgb8(path, g->rgb, g->width, g->height, "parameters", text, msg, sizeof msg))
         st = db_fail(err, DB_ERR_IO, "%s", msg);
+    g_set_printerr_handler(old_printerr);
     if (g->show_progress && g->tty) fprintf(stderr, "\r\033[K");
     if (st == DB_OK) printf("%s seed %" PRIu64 "\n", path, seed);
     fflush(stdout);
@@ -347,11 +352,13 @@ int cli_generate(int argc, char **argv)
     char *noise_path = NULL, *latent_out = NULL, **lora_args = NULL;
     int steps = UNSET_INT, width = UNSET_INT, height = UNSET_INT, count = UNSET_INT;
     double cfg = 7.5, eta = 0.0;
-    gboolean progress = FALSE;
+    gboolean progress = FALSE, force = FALSE;
     CliModelOptions mo = {0};
     GOptionEntry entries[] = {
-        {"prompt", 'p', 0, G_OPTION_ARG_STRING, &prompt, "The prompt", "TEXT"},
-        {"negative", 'n', 0, G_OPTION_ARG_STRING, &negative, "Negative prompt (default empty)", "TEXT"},
+        /* FILENAME: the bytes as given (STRING would convert from the locale and refuse UTF-8
+         * under LC_ALL=C); checked as UTF-8 below */
+        {"prompt", 'p', 0, G_OPTION_ARG_FILENAME, &prompt, "The prompt (UTF-8)", "TEXT"},
+        {"negative", 'n', 0, G_OPTION_ARG_FILENAME, &negative, "Negative prompt (default empty)", "TEXT"},
         {"lora", 0, 0, G_OPTION_ARG_FILENAME_ARRAY, &lora_args,
          "Apply a LoRA (kohya or PEFT .safetensors), weight default 1; repeatable", "FILE[:WEIGHT]"},
         {"steps", 0, 0, G_OPTION_ARG_INT, &steps, "Sampling steps, 1..1000 (default 25)", "N"},
@@ -369,6 +376,7 @@ int cli_generate(int argc, char **argv)
         {"latent-out", 0, 0, G_OPTION_ARG_FILENAME, &latent_out,
          "Also write the final latents ('latent' F32 [count, C, h, w], before VAE scaling)", "FILE"},
         {"progress", 0, 0, G_OPTION_ARG_NONE, &progress, "Progress on stderr even when it is not a terminal", NULL},
+        {"force", 0, 0, G_OPTION_ARG_NONE, &force, "Run even when the memory estimate exceeds what is available", NULL},
         G_OPTION_ENTRY_NULL};
     GOptionContext *ctx = g_option_context_new("MODEL - generate images from a prompt");
     g_option_context_add_main_entries(ctx, entries, NULL);
@@ -390,6 +398,10 @@ int cli_generate(int argc, char **argv)
     }
     if (!prompt || !out) {
         cli_error("generate: --prompt and --out are required (see --help)");
+        goto done;
+    }
+    if (!g_utf8_validate(prompt, -1, NULL) || (negative && !g_utf8_validate(negative, -1, NULL))) {
+        cli_error("--%s: not valid UTF-8", g_utf8_validate(prompt, -1, NULL) ? "negative" : "prompt");
         goto done;
     }
     int sampler = sampler_from_name(sampler_s ? sampler_s : "dpm++2m-karras");
@@ -456,6 +468,12 @@ int cli_generate(int argc, char **argv)
         rc = CLI_EXIT_USAGE;
         goto done;
     }
+    DbMemoryEstimate est; /* memory_estimate.h: refuse before the OOM killer does */
+    if (db_estimate_memory(m, DB_TASK_GENERATE, 1, g.width, g.height, (float)cfg, NULL, &est) &&
+        cli_check_memory(&est, force) != 0)
+        goto done;
+    if (g_getenv("DREAMBOOTH_PRINT_ESTIMATE"))
+        fprintf(stderr, "dreambooth: estimate %.3f GiB\n", est.bytes / 1073741824.0);
     for (int i = 0; i < n_loras; i++) {
         if (db_model_apply_lora(m, loras[i].path, (float)loras[i].weight, &err) != DB_OK) {
             cli_error("%s", err.msg);

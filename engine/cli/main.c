@@ -21,6 +21,7 @@ static const CliCommand commands[] = {
     {"backward", cli_backward, "MODEL --net NET --in IN.safetensors --out OUT.safetensors: gradients of one network"},
     {"init-model", cli_init, "--arch ARCH --out PATH: write a random-weight model (tests, demos)"},
     {"generate", cli_generate, "MODEL --prompt P --out DIR|FILE.png: txt2img to PNG files"},
+    {"encode-image", cli_encode_image, "MODEL IMAGE --out LATENT.safetensors [--size WxH]: VAE-encode an image"},
 };
 
 void cli_error(const char *fmt, ...)
@@ -55,6 +56,7 @@ void cli_add_model_options(GOptionContext *ctx, CliModelOptions *o)
          "Override the prediction type: eps or v", "eps|v"},
         {"threads", 0, 0, G_OPTION_ARG_INT, &o->threads, "Threads (default: all cores)", "N"},
         G_OPTION_ENTRY_NULL};
+    o->threads = CLI_THREADS_UNSET; /* so that an explicit --threads 0 is refused */
     g_option_context_add_main_entries(ctx, entries, NULL);
 }
 
@@ -68,7 +70,11 @@ DbModel *cli_open_model(const char *path, const CliModelOptions *o)
 {
     DbError err;
     db_error_clear(&err);
-    if (o->threads != 0 && db_set_threads(o->threads, &err) != DB_OK) {
+    if (o->threads != CLI_THREADS_UNSET && (o->threads < 1 || o->threads > 1024)) {
+        cli_error("--threads: %d is out of range (1..1024; leave it out for all cores)", o->threads);
+        return NULL;
+    }
+    if (o->threads != CLI_THREADS_UNSET && db_set_threads(o->threads, &err) != DB_OK) {
         cli_error("--threads: %s", err.msg);
         return NULL;
     }
@@ -90,6 +96,19 @@ DbModel *cli_open_model(const char *path, const CliModelOptions *o)
         return NULL;
     }
     return m;
+}
+
+int cli_check_memory(const DbMemoryEstimate *e, int force)
+{
+    const double gib = 1024.0 * 1024.0 * 1024.0;
+    /* DREAMBOOTH_MEM_AVAILABLE (bytes) replaces MemAvailable: tests of the refusal */
+    const char *fake = g_getenv("DREAMBOOTH_MEM_AVAILABLE");
+    uint64_t avail = fake ? g_ascii_strtoull(fake, NULL, 10) : e->available;
+    if (force || !avail || e->bytes <= avail) return 0;
+    cli_error("this run needs %.2f GiB, %.2f GiB available (weights %.2f, work %.2f); use smaller "
+              "sizes or counts, or --force to run anyway", e->bytes / gib, avail / gib,
+              (e->weights + e->owned) / gib, (e->work + e->buffers) / gib);
+    return -1;
 }
 
 static void usage(FILE *f)
@@ -116,6 +135,6 @@ int main(int argc, char **argv)
     for (size_t i = 0; i < G_N_ELEMENTS(commands); i++)
         if (!strcmp(argv[1], commands[i].name))
             return commands[i].run(argc - 1, argv + 1);
-    cli_error("unknown command '%s' (commands: info, tokenize, forward, backward, init-model, generate)", argv[1]);
+    cli_error("unknown command '%s' (commands: info, tokenize, forward, backward, init-model, generate, encode-image)", argv[1]);
     return CLI_EXIT_USAGE;
 }

@@ -1,26 +1,35 @@
-/* Fused scaled dot-product attention (flash-attention style forward).
+/* Fused scaled dot-product attention (flash-attention style), forward and backward.
  * SPDX-License-Identifier: GPL-3.0-or-later
  *
- * For each (batch b, head h) and each tile of ATT_BQ query rows, key/value tiles of ATT_BK
- * rows are visited in order with an online softmax (Milakov & Gimelshein 2018; Dao et al.,
- * FlashAttention, 2022). Per query row i the running state is
+ * Forward. For each (batch b, head h) and each tile of up to ATT_BQ query rows, key/value
+ * tiles of ATT_BK rows are visited in order with an online softmax (Milakov & Gimelshein
+ * 2018; Dao et al., FlashAttention, 2022). Per query row i the running state is
  *   m_i = max of the scaled scores seen so far,  l_i = sum_j exp(s_ij - m_i),
  *   o_i = sum_j exp(s_ij - m_i) v_j   (kept unnormalised, directly in the output row).
  * A new tile with max m' = max(m_i, max_j s_ij) rescales by alpha = exp(m_i - m'):
  *   l_i = alpha l_i + sum_j p_ij,  o_i = alpha o_i + sum_j p_ij v_j,  p_ij = exp(s_ij - m').
- * At the end out_i = o_i / l_i and lse_i = m_i + log(l_i). Only a [ATT_BQ, ATT_BK] score tile
- * and [ATT_DC]-wide chunks of q, k^T and v live on the stack (64 KiB per thread);
- * [B, H, Nq, Nk] never exists.
+ * At the end out_i = o_i / l_i and lse_i = m_i + log(l_i).
+ * The score tile is computed transposed, S^T [keys, queries] = K (scale Q)^T: the query tile
+ * is packed transposed once (Q^T [D, 48], for all key tiles), key rows are read in place as
+ * broadcasts, and the softmax runs down the columns, 8 queries per vector (no horizontal
+ * reductions). O^T [D, 48] += V^T P^T reads the value rows in place as broadcasts and P^T as
+ * vectors, folding the alpha rescale into the load of the accumulators; O^T is transposed
+ * into the output rows once per query tile (for D > 160, O += P V accumulates in the output
+ * rows instead and Q^T is packed in chunks per key tile). Nothing per key tile is copied;
+ * [B, H, Nq, Nk] never exists. Stack: ~75 KiB per thread forward, ~110 KiB backward.
+ * Measured (2-core Zen 3, [2, 4096, 8*40], one thread, CPU time): forward ~73 GFLOP/s
+ * (sgemm 2048^3: ~103), backward ~63 (10 N^2 D H B FLOP), ~2.8x the forward.
  *
- * Saved for backward: lse [B, H, Nq]. The backward pass (attention_backward, at the end)
- * recomputes each score tile from q, k, v, out and lse (p_ij = exp(s_ij - lse_i)); it stores
- * no probabilities.
+ * Backward (at the end) recomputes each score tile from q, k, v, out and the saved lse
+ * (p_ij = exp(s_ij - lse_i)); it stores no probabilities.
  *
- * Parallel over (b, h, query tile) with OpenMP; no BLAS. The hot loops (plain C, plus GNU C
- * vector types in the AVX2 micro-kernels) are compiled twice, for the baseline ISA and with
- * an AVX2+FMA target attribute (and FMA contraction), chosen at run time by a CPU check.
- * Measured (2-core Zen 3, [4096, 4096] D=40, one thread): ~55 GFLOP/s per core, about half of
- * sgemm; the rest is exp, the softmax bookkeeping and the tile copies. */
+ * All products go through one register-blocked GEMM (att_gemm): c [M, N] (+)= a [M, K] b [K, N]
+ * where b and c have unit column stride (vectors of 8 columns, held in registers for a block
+ * of up to 4 x 24) and a is read as scalar broadcasts with arbitrary row and column
+ * strides, so transposed operands (P^T, dS^T, V^T, Q^T rows) need no copy. Parallel over
+ * (b, h, query tile) with OpenMP; no BLAS. The hot code (GNU C vector types) is compiled
+ * twice, for the baseline ISA and with an AVX2+FMA target attribute (and FMA contraction),
+ * chosen at run time by a CPU check. */
 #include "kernels.h"
 #include "vmath.h"
 
@@ -31,320 +40,292 @@
 #include <omp.h>
 #endif
 
-#define ATT_BQ 64 /* query rows per tile (the parallel work item) */
-#define ATT_BK 64 /* keys per tile */
-#define ATT_DC 64 /* head-dimension chunk of the transposed key tile */
-#define ATT_MR 4  /* micro-kernel rows */
-#define ATT_NR 16 /* micro-kernel columns */
-_Static_assert(ATT_BQ == ATT_BK, "causal backward aligns query tiles on key tiles");
+#define ATT_BQ 48   /* query rows per tile (the forward work item) */
+#define ATT_BK 64   /* keys per tile */
+#define ATT_QTF 7680 /* floats of the packed Q^T chunk: [ATT_QTF / ATT_BQ = 160, ATT_BQ] */
+#define ATT_DCF (ATT_QTF / ATT_BQ)
+#define ATT_DCB 80  /* head-dimension chunk of the packed K^T, V^T tiles in backward */
 
 #if defined(__GNUC__)
 #define ATT_INLINE static inline __attribute__((always_inline))
+#define ATT_UNROLL _Pragma("GCC unroll 8")
+#define ATT_NOCLONE __attribute__((noinline, noclone))
 #else
+#define ATT_NOCLONE
 #define ATT_INLINE static inline
+#define ATT_UNROLL
 #endif
 
-/* x [i] = exp(x [i] - shift) for shift >= max x (so the argument is never positive);
- * vm_exp_nonpos (vmath.h) is the Cody & Waite reduction + Cephes polynomial, about 1 ulp. */
-ATT_INLINE void att_exp_shifted(float *x, size_t n, float shift)
-{
-    for (size_t i = 0; i < n; i++)
-        x[i] = vm_exp_nonpos(x[i] - shift);
-}
-
-/* Largest of x [n], n >= 1. Floats are mapped to unsigned keys with the same order (sign bit
- * set for non-negative values, all bits flipped for negative ones) so the loop vectorises as
- * an integer max reduction. */
-ATT_INLINE float att_max(const float *x, size_t n)
-{
-    uint32_t best = 0;
-    for (size_t i = 0; i < n; i++) {
-        uint32_t u;
-        memcpy(&u, &x[i], sizeof u);
-        uint32_t key = u ^ ((u >> 31) ? 0xFFFFFFFFu : 0x80000000u);
-        best = key > best ? key : best;
-    }
-    uint32_t u = best ^ ((best >> 31) ? 0x80000000u : 0xFFFFFFFFu);
-    float m;
-    memcpy(&m, &u, sizeof m);
-    return m;
-}
-
-/* Sum of x [n] with 8 interleaved partial sums (a fixed order, so results do not depend on
- * the ISA). */
-ATT_INLINE float att_sum(const float *x, size_t n)
-{
-    float acc[8] = {0};
-    size_t i = 0;
-    for (; i + 8 <= n; i += 8)
-        for (int t = 0; t < 8; t++)
-            acc[t] += x[i + t];
-    for (int t = 0; i < n; i++, t++)
-        acc[t] += x[i];
-    return ((acc[0] + acc[4]) + (acc[2] + acc[6])) + ((acc[1] + acc[5]) + (acc[3] + acc[7]));
-}
-
-/* c [ATT_MR, ATT_NR] (row stride ldc) += a [ATT_MR, K] (row stride lda) @ b [K, ATT_NR]
- * (row stride ldb), and the same for 8 columns. GNU C vector types keep the 8 (or 4)
- * accumulators in registers across the K loop; GCC lowers them to whatever the target
- * (baseline SSE2 or AVX2) has. Other compilers use the plain edge kernel. */
+/* ---- the GEMM ----
+ * c [M, N] (row stride ldc) = or += a [M, K] @ b [K, N] (row stride ldb), a (i, kk) at
+ * a [i * ars + kk * aks]. mode 0: c = a b; 1: c += a b; 2: c = rs [i] * c + a b (rows
+ * rescaled); 3: c = rs [j] * c + a b (columns rescaled). */
 #if defined(__GNUC__)
 #define ATT_HAVE_VEC 1
 typedef float att_v8 __attribute__((vector_size(32)));
 
-ATT_INLINE void att_mk_full(float *c, size_t ldc, const float *a, size_t lda, const float *b,
-                            size_t ldb, size_t K)
+/* Block of MR rows x NV vectors of 8 columns, MR and NV constants after inlining: the
+ * MR * NV accumulators, NV b vectors and one broadcast stay in registers (<= 16). */
+ATT_INLINE void att_mk(int MR, int NV, float *c, size_t ldc, const float *a, size_t ars,
+                       size_t aks, const float *b, size_t ldb, size_t K, int mode, const float *rs)
 {
-    att_v8 c00, c01, c10, c11, c20, c21, c30, c31;
-    memcpy(&c00, c, 32);
-    memcpy(&c01, c + 8, 32);
-    memcpy(&c10, c + ldc, 32);
-    memcpy(&c11, c + ldc + 8, 32);
-    memcpy(&c20, c + 2 * ldc, 32);
-    memcpy(&c21, c + 2 * ldc + 8, 32);
-    memcpy(&c30, c + 3 * ldc, 32);
-    memcpy(&c31, c + 3 * ldc + 8, 32);
-    for (size_t kk = 0; kk < K; kk++) {
-        att_v8 b0, b1;
-        memcpy(&b0, b + kk * ldb, 32);
-        memcpy(&b1, b + kk * ldb + 8, 32);
-        float a0 = a[kk], a1 = a[lda + kk], a2 = a[2 * lda + kk], a3 = a[3 * lda + kk];
-        c00 += a0 * b0;
-        c01 += a0 * b1;
-        c10 += a1 * b0;
-        c11 += a1 * b1;
-        c20 += a2 * b0;
-        c21 += a2 * b1;
-        c30 += a3 * b0;
-        c31 += a3 * b1;
+    att_v8 acc[4][3];
+    ATT_UNROLL for (int r = 0; r < MR; r++) {
+        float sc = mode == 2 ? rs[r] : 1.0f;
+        ATT_UNROLL for (int x = 0; x < NV; x++) {
+            if (mode == 0) {
+                acc[r][x] = (att_v8){0};
+            } else {
+                memcpy(&acc[r][x], c + r * ldc + 8 * x, 32);
+                if (mode == 2) acc[r][x] *= sc;
+                if (mode == 3) {
+                    att_v8 cs;
+                    memcpy(&cs, rs + 8 * x, 32);
+                    acc[r][x] *= cs;
+                }
+            }
+        }
     }
-    memcpy(c, &c00, 32);
-    memcpy(c + 8, &c01, 32);
-    memcpy(c + ldc, &c10, 32);
-    memcpy(c + ldc + 8, &c11, 32);
-    memcpy(c + 2 * ldc, &c20, 32);
-    memcpy(c + 2 * ldc + 8, &c21, 32);
-    memcpy(c + 3 * ldc, &c30, 32);
-    memcpy(c + 3 * ldc + 8, &c31, 32);
+    for (size_t kk = 0; kk < K; kk++) {
+        att_v8 bv[3];
+        ATT_UNROLL for (int x = 0; x < NV; x++)
+            memcpy(&bv[x], b + kk * ldb + 8 * x, 32);
+        ATT_UNROLL for (int r = 0; r < MR; r++) {
+            float ar = a[r * ars + kk * aks];
+            ATT_UNROLL for (int x = 0; x < NV; x++)
+                acc[r][x] += ar * bv[x];
+        }
+    }
+    ATT_UNROLL for (int r = 0; r < MR; r++)
+        ATT_UNROLL for (int x = 0; x < NV; x++)
+            memcpy(c + r * ldc + 8 * x, &acc[r][x], 32);
 }
 
-ATT_INLINE void att_mk_half(float *c, size_t ldc, const float *a, size_t lda, const float *b,
-                            size_t ldb, size_t K)
+/* Columns j0 .. j0 + 8 NV - 1 of all M rows, MR rows at a time, the rest one by one (rs
+ * already offset to the first column in mode 3). */
+ATT_INLINE void att_gemm_cols(int MR, int NV, float *c, size_t ldc, const float *a, size_t ars,
+                              size_t aks, const float *b, size_t ldb, size_t M, size_t K, int mode,
+                              const float *rs)
 {
-    att_v8 c0, c1, c2, c3;
-    memcpy(&c0, c, 32);
-    memcpy(&c1, c + ldc, 32);
-    memcpy(&c2, c + 2 * ldc, 32);
-    memcpy(&c3, c + 3 * ldc, 32);
-    for (size_t kk = 0; kk < K; kk++) {
-        att_v8 b0;
-        memcpy(&b0, b + kk * ldb, 32);
-        c0 += a[kk] * b0;
-        c1 += a[lda + kk] * b0;
-        c2 += a[2 * lda + kk] * b0;
-        c3 += a[3 * lda + kk] * b0;
-    }
-    memcpy(c, &c0, 32);
-    memcpy(c + ldc, &c1, 32);
-    memcpy(c + 2 * ldc, &c2, 32);
-    memcpy(c + 3 * ldc, &c3, 32);
+    size_t i = 0;
+    for (; i + (size_t)MR <= M; i += (size_t)MR)
+        att_mk(MR, NV, c + i * ldc, ldc, a + i * ars, ars, aks, b, ldb, K, mode,
+               mode == 2 ? rs + i : rs);
+    for (; i < M; i++)
+        att_mk(1, NV, c + i * ldc, ldc, a + i * ars, ars, aks, b, ldb, K, mode,
+               mode == 2 ? rs + i : rs);
 }
 #endif
 
-/* c [mr, nr] += a [mr, K] @ b [K, nr] for an edge block, mr <= ATT_MR, nr <= ATT_NR. */
-ATT_INLINE void att_mk_edge(float *c, size_t ldc, const float *a, size_t lda, const float *b,
-                            size_t ldb, size_t K, size_t mr, size_t nr)
+ATT_INLINE void att_gemm_impl(float *c, size_t ldc, const float *a, size_t ars, size_t aks,
+                              const float *b, size_t ldb, size_t M, size_t N, size_t K, int mode,
+                              const float *rs)
 {
-    for (size_t r = 0; r < mr; r++) {
-        float acc[ATT_NR];
-        for (size_t x = 0; x < nr; x++)
-            acc[x] = c[r * ldc + x];
-        for (size_t kk = 0; kk < K; kk++) {
-            float ar = a[r * lda + kk];
-            const float *br = b + kk * ldb;
-            for (size_t x = 0; x < nr; x++)
-                acc[x] += ar * br[x];
-        }
-        for (size_t x = 0; x < nr; x++)
-            c[r * ldc + x] = acc[x];
-    }
-}
-
-/* Baseline-ISA block: c [ATT_MR, 8] += a [ATT_MR, K] @ b [K, 8] in plain C (8 SSE-width
- * accumulators; the 32-byte GNU vectors above would be emulated through memory there). */
-ATT_INLINE void att_mk_plain(float *c, size_t ldc, const float *a, size_t lda, const float *b,
-                             size_t ldb, size_t K)
-{
-    float c0[8], c1[8], c2[8], c3[8];
-    for (int x = 0; x < 8; x++) {
-        c0[x] = c[x];
-        c1[x] = c[ldc + x];
-        c2[x] = c[2 * ldc + x];
-        c3[x] = c[3 * ldc + x];
-    }
-    for (size_t kk = 0; kk < K; kk++) {
-        const float *br = b + kk * ldb;
-        float a0 = a[kk], a1 = a[lda + kk], a2 = a[2 * lda + kk], a3 = a[3 * lda + kk];
-        for (int x = 0; x < 8; x++) {
-            c0[x] += a0 * br[x];
-            c1[x] += a1 * br[x];
-            c2[x] += a2 * br[x];
-            c3[x] += a3 * br[x];
-        }
-    }
-    for (int x = 0; x < 8; x++) {
-        c[x] = c0[x];
-        c[ldc + x] = c1[x];
-        c[2 * ldc + x] = c2[x];
-        c[3 * ldc + x] = c3[x];
-    }
-}
-
-/* c [M, N] += a [M, K] @ b [K, N], all with row strides, tiled into micro-kernel blocks.
- * wide (a constant after inlining): use the 32-byte vector kernels (AVX2 path). */
-ATT_INLINE void att_gemm_acc(float *c, size_t ldc, const float *a, size_t lda, const float *b,
-                             size_t ldb, size_t M, size_t N, size_t K, int wide)
-{
-    size_t step = wide ? ATT_NR : 8;
-    for (size_t j0 = 0; j0 < N; j0 += step) {
-        size_t nr = N - j0 < step ? N - j0 : step;
-        for (size_t i0 = 0; i0 < M; i0 += ATT_MR) {
-            size_t mr = M - i0 < ATT_MR ? M - i0 : ATT_MR;
-            float *cb = c + i0 * ldc + j0;
-            const float *ab = a + i0 * lda;
-            if (mr == ATT_MR && nr == 8 && !wide) {
-                att_mk_plain(cb, ldc, ab, lda, b + j0, ldb, K);
-                continue;
-            }
+    size_t j = 0;
 #ifdef ATT_HAVE_VEC
-            if (mr == ATT_MR && nr == ATT_NR && wide) {
-                att_mk_full(cb, ldc, ab, lda, b + j0, ldb, K);
-                continue;
-            }
-            if (mr == ATT_MR && nr == ATT_NR / 2 && wide) {
-                att_mk_half(cb, ldc, ab, lda, b + j0, ldb, K);
-                continue;
-            }
+#define ATT_RS(j) (mode == 3 ? rs + (j) : rs)
+    /* blocks of 3 vectors (12 accumulators), ending in 2 + 2 rather than 3 + 1 */
+    for (size_t nv = N / 8; nv > 0;) {
+        if (nv >= 3 && nv != 4) {
+            att_gemm_cols(4, 3, c + j, ldc, a, ars, aks, b + j, ldb, M, K, mode, ATT_RS(j));
+            j += 24;
+            nv -= 3;
+        } else if (nv >= 2) {
+            att_gemm_cols(4, 2, c + j, ldc, a, ars, aks, b + j, ldb, M, K, mode, ATT_RS(j));
+            j += 16;
+            nv -= 2;
+        } else {
+            att_gemm_cols(4, 1, c + j, ldc, a, ars, aks, b + j, ldb, M, K, mode, ATT_RS(j));
+            j += 8;
+            nv -= 1;
+        }
+    }
+#undef ATT_RS
 #endif
-            att_mk_edge(cb, ldc, ab, lda, b + j0, ldb, K, mr, nr);
+    /* remaining columns (N % 8, or all without vector types), one at a time */
+    for (; j < N; j++)
+        for (size_t i = 0; i < M; i++) {
+            float sc = mode == 2 ? rs[i] : (mode == 3 ? rs[j] : 1.0f);
+            float acc = mode == 0 ? 0.0f : sc * c[i * ldc + j];
+            for (size_t kk = 0; kk < K; kk++)
+                acc += a[i * ars + kk * aks] * b[kk * ldb + j];
+            c[i * ldc + j] = acc;
         }
-    }
 }
 
-/* One (b, h, query tile): rows q0 .. q0+bq-1 of head h.
- * qh, kh, vh, oh point at column h*D of row 0 of batch b; ld = H*D is the row stride. */
-ATT_INLINE void att_tile_body(float *oh, float *lseh, const float *qh, const float *kh,
-                              const float *vh, size_t ld, size_t q0, size_t bq, size_t Nk, size_t D,
-                              float scale, int causal, int wide)
+ATT_NOCLONE static void att_gemm_generic(float *c, size_t ldc, const float *a, size_t ars, size_t aks,
+                             const float *b, size_t ldb, size_t M, size_t N, size_t K, int mode,
+                             const float *rs)
 {
-    float s[ATT_BQ * ATT_BK];  /* scores, then probabilities, [bq, ATT_BK] */
-    float qc[ATT_BQ * ATT_DC]; /* scale * query chunk [bq, dc], row stride ATT_DC */
-    float kt[ATT_DC * ATT_BK]; /* transposed key chunk [dc, ATT_BK], zero padded */
-    float vc[ATT_BK * ATT_DC]; /* value chunk [bk, dc], row stride ATT_DC */
-    float m[ATT_BQ], l[ATT_BQ];
-
-    /* The chunks are contiguous copies: rows of q, k, v are ld = H*D floats apart, a stride
-     * that maps a tile's rows onto few L1 sets when H*D is a multiple of 512. */
-    for (size_t i = 0; i < bq; i++) {
-        memset(oh + (q0 + i) * ld, 0, D * sizeof(float));
-        m[i] = -INFINITY;
-        l[i] = 0.0f;
-    }
-    size_t kend = causal ? (q0 + bq < Nk ? q0 + bq : Nk) : Nk;
-    for (size_t k0 = 0; k0 < kend; k0 += ATT_BK) {
-        size_t bk = kend - k0 < ATT_BK ? kend - k0 : ATT_BK;
-
-        /* s [bq, ATT_BK] = scale * q_tile [bq, D] @ k_tile [bk, D]^T, over chunks of D. */
-        memset(s, 0, sizeof s);
-        for (size_t d0 = 0; d0 < D; d0 += ATT_DC) {
-            size_t dc = D - d0 < ATT_DC ? D - d0 : ATT_DC;
-            for (size_t i = 0; i < bq; i++)
-                for (size_t dd = 0; dd < dc; dd++)
-                    qc[i * ATT_DC + dd] = scale * qh[(q0 + i) * ld + d0 + dd];
-            for (size_t j = 0; j < bk; j++)
-                for (size_t dd = 0; dd < dc; dd++)
-                    kt[dd * ATT_BK + j] = kh[(k0 + j) * ld + d0 + dd];
-            for (size_t dd = 0; dd < dc; dd++)
-                for (size_t j = bk; j < ATT_BK; j++)
-                    kt[dd * ATT_BK + j] = 0.0f;
-            att_gemm_acc(s, ATT_BK, qc, ATT_DC, kt, ATT_BK, bq, ATT_BK, dc, wide);
-        }
-
-        /* Online softmax update, row by row. */
-        for (size_t i = 0; i < bq; i++) {
-            float *si = s + i * ATT_BK;
-            /* keys k0 .. k0+nv-1 are visible to query q0+i */
-            size_t nv = bk;
-            if (causal) nv = q0 + i + 1 <= k0 ? 0 : (q0 + i + 1 - k0 < bk ? q0 + i + 1 - k0 : bk);
-            for (size_t j = nv; j < ATT_BK; j++)
-                si[j] = 0.0f;
-            if (nv == 0) continue;
-            float mx = att_max(si, nv);
-            float mnew = mx > m[i] ? mx : m[i];
-            att_exp_shifted(si, nv, mnew);
-            float sum = att_sum(si, nv);
-            float alpha = m[i] == -INFINITY ? 0.0f : expf(m[i] - mnew);
-            if (alpha != 1.0f) {
-                float *o = oh + (q0 + i) * ld;
-                for (size_t d = 0; d < D; d++)
-                    o[d] *= alpha;
-            }
-            l[i] = l[i] * alpha + sum;
-            m[i] = mnew;
-        }
-
-        /* o_tile [bq, D] += p [bq, bk] @ v_tile [bk, D], over chunks of D. */
-        for (size_t d0 = 0; d0 < D; d0 += ATT_DC) {
-            size_t dc = D - d0 < ATT_DC ? D - d0 : ATT_DC;
-            for (size_t j = 0; j < bk; j++)
-                for (size_t dd = 0; dd < dc; dd++)
-                    vc[j * ATT_DC + dd] = vh[(k0 + j) * ld + d0 + dd];
-            att_gemm_acc(oh + q0 * ld + d0, ld, s, ATT_BK, vc, ATT_DC, bq, dc, bk, wide);
-        }
-    }
-
-    for (size_t i = 0; i < bq; i++) {
-        float *o = oh + (q0 + i) * ld;
-        float inv = 1.0f / l[i];
-        for (size_t d = 0; d < D; d++)
-            o[d] *= inv;
-        if (lseh) lseh[q0 + i] = m[i] + logf(l[i]);
-    }
-}
-
-typedef void (*AttTileFn)(float *, float *, const float *, const float *, const float *, size_t,
-                          size_t, size_t, size_t, size_t, float, int);
-
-static void att_tile_generic(float *oh, float *lseh, const float *qh, const float *kh,
-                             const float *vh, size_t ld, size_t q0, size_t bq, size_t Nk, size_t D,
-                             float scale, int causal)
-{
-    att_tile_body(oh, lseh, qh, kh, vh, ld, q0, bq, Nk, D, scale, causal, 0);
+    att_gemm_impl(c, ldc, a, ars, aks, b, ldb, M, N, K, mode, rs);
 }
 
 /* DB_KERNELS_NO_AVX2 builds only the baseline path (one test build does, to check it). */
 #if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__)) && !defined(DB_KERNELS_NO_AVX2)
 #define ATT_HAVE_AVX2 1
-/* fp-contract=fast lets a*b + c become one FMA in this clone only (the project builds in ISO C
- * mode, where GCC keeps them apart): one FP op instead of two takes the micro-kernel off the
- * dispatch limit, ~10% on [4096, 4096, D=40]. Results then differ from the baseline clone
- * in the last bits (FMA rounds once); both stay within the tests' tolerances. */
-__attribute__((target("avx2,fma"), optimize("fp-contract=fast"))) static void
-att_tile_avx2(float *oh, float *lseh, const float *qh, const float *kh, const float *vh, size_t ld,
-              size_t q0, size_t bq, size_t Nk, size_t D, float scale, int causal)
+/* fp-contract=fast lets a*b + c become one FMA in the AVX2 clones only (the project builds
+ * in ISO C mode, where GCC keeps them apart). Results then differ from the baseline clone in
+ * the last bits (FMA rounds once); both stay within the tests' tolerances. */
+#define ATT_AVX2 __attribute__((target("avx2,fma"), optimize("fp-contract=fast")))
+ATT_AVX2 ATT_NOCLONE static void att_gemm_avx2(float *c, size_t ldc, const float *a, size_t ars, size_t aks,
+                                   const float *b, size_t ldb, size_t M, size_t N, size_t K,
+                                   int mode, const float *rs)
 {
-    att_tile_body(oh, lseh, qh, kh, vh, ld, q0, bq, Nk, D, scale, causal, 1);
+    att_gemm_impl(c, ldc, a, ars, aks, b, ldb, M, N, K, mode, rs);
+}
+#define ATT_GEMM(wide, ...) ((wide) ? att_gemm_avx2(__VA_ARGS__) : att_gemm_generic(__VA_ARGS__))
+#else
+#define ATT_GEMM(wide, ...) ((void)(wide), att_gemm_generic(__VA_ARGS__))
+#endif
+
+/* Largest key of x [n] in the order-preserving unsigned mapping of floats (sign bit set for
+ * non-negative values, all bits flipped for negative ones), so max loops vectorise as integer
+ * max reductions (a float compare-and-select is not if-converted under -ftrapping-math). */
+ATT_INLINE uint32_t att_key(float x)
+{
+    uint32_t u;
+    memcpy(&u, &x, sizeof u);
+    return u ^ ((u >> 31) ? 0xFFFFFFFFu : 0x80000000u);
+}
+
+ATT_INLINE float att_unkey(uint32_t key)
+{
+    uint32_t u = key ^ ((key >> 31) ? 0x80000000u : 0xFFFFFFFFu);
+    float f;
+    memcpy(&f, &u, sizeof f);
+    return f;
+}
+
+/* ---- forward ---- */
+
+/* One (b, h, query tile): rows q0 .. q0+bq-1 of head h. qh, kh, vh, oh point at column h*D of
+ * row 0 of batch b; ld = H*D is the row stride. */
+ATT_INLINE void att_fwd_body(float *oh, float *lseh, const float *qh, const float *kh,
+                             const float *vh, size_t ld, size_t q0, size_t bq, size_t Nk, size_t D,
+                             float scale, int causal, int wide)
+{
+    float qt[ATT_QTF];          /* scale * Q^T chunk [dc, ATT_BQ], zero beyond bq */
+    float st[ATT_BK * ATT_BQ];  /* S^T, then P^T [bk, ATT_BQ] */
+    float ot[ATT_QTF];          /* D <= ATT_DCF: O^T [D, ATT_BQ] (unnormalised) */
+    float m[ATT_BQ], l[ATT_BQ], alpha[ATT_BQ], sum[ATT_BQ];
+    uint32_t mk[ATT_BQ];
+    size_t nc = (bq + 7) / 8 * 8; /* columns computed (queries, padded to whole vectors) */
+    int onechunk = D <= ATT_DCF;
+
+    for (size_t c = 0; c < ATT_BQ; c++) {
+        m[c] = -INFINITY;
+        l[c] = 0.0f;
+    }
+    size_t kend = causal ? (q0 + bq < Nk ? q0 + bq : Nk) : Nk;
+    for (size_t k0 = 0; k0 < kend; k0 += ATT_BK) {
+        size_t bk = kend - k0 < ATT_BK ? kend - k0 : ATT_BK;
+
+        /* st [bk, nc] = k_tile [bk, D] @ (scale q_tile)^T [D, nc], over chunks of D */
+        for (size_t d0 = 0; d0 < D; d0 += ATT_DCF) {
+            size_t dc = D - d0 < ATT_DCF ? D - d0 : ATT_DCF;
+            if (!onechunk || k0 == 0)
+                for (size_t dd = 0; dd < dc; dd++) {
+                    for (size_t c = 0; c < bq; c++)
+                        qt[dd * ATT_BQ + c] = scale * qh[(q0 + c) * ld + d0 + dd];
+                    for (size_t c = bq; c < nc; c++)
+                        qt[dd * ATT_BQ + c] = 0.0f;
+                }
+            ATT_GEMM(wide, st, ATT_BQ, kh + k0 * ld + d0, ld, 1, qt, ATT_BQ, bk, nc, dc,
+                     d0 == 0 ? 0 : 1, NULL);
+        }
+
+        /* causal: key k0+j is visible to query q0+c iff k0+j <= q0+c */
+        int diag = causal && k0 + bk - 1 > q0;
+        if (diag)
+            for (size_t j = 0; j < bk; j++)
+                for (size_t c = 0; c < nc; c++)
+                    if (k0 + j > q0 + c) st[j * ATT_BQ + c] = -INFINITY;
+
+        /* online softmax down the columns */
+        for (size_t c = 0; c < nc; c++)
+            mk[c] = att_key(m[c]);
+        for (size_t j = 0; j < bk; j++)
+            for (size_t c = 0; c < nc; c++) {
+                uint32_t key = att_key(st[j * ATT_BQ + c]);
+                mk[c] = key > mk[c] ? key : mk[c];
+            }
+        for (size_t c = 0; c < nc; c++) {
+            float mnew = att_unkey(mk[c]); /* finite: key 0 is in the first tile */
+            alpha[c] = vm_exp_nonpos(m[c] - mnew); /* m = -inf: clamped to exp(-87), times 0 */
+            m[c] = mnew;
+            sum[c] = 0.0f;
+        }
+        if (!diag) {
+            for (size_t j = 0; j < bk; j++)
+                for (size_t c = 0; c < nc; c++) {
+                    float p = vm_exp_nonpos(st[j * ATT_BQ + c] - m[c]);
+                    st[j * ATT_BQ + c] = p;
+                    sum[c] += p;
+                }
+        } else {
+            /* exp(-inf - m) is clamped to exp(-87), not 0: zero the hidden keys */
+            for (size_t j = 0; j < bk; j++)
+                for (size_t c = 0; c < nc; c++)
+                    st[j * ATT_BQ + c] = vm_exp_nonpos(st[j * ATT_BQ + c] - m[c]);
+            for (size_t j = 0; j < bk; j++)
+                for (size_t c = 0; c < nc; c++) {
+                    if (k0 + j > q0 + c) st[j * ATT_BQ + c] = 0.0f;
+                    sum[c] += st[j * ATT_BQ + c];
+                }
+        }
+        for (size_t c = 0; c < nc; c++)
+            l[c] = l[c] * alpha[c] + sum[c];
+
+        if (onechunk)
+            /* O^T [D, nc] = O^T alpha + v_tile^T [D, bk] @ P^T [bk, nc]: the value rows are
+             * read as broadcasts, P^T as vectors, both in place */
+            ATT_GEMM(wide, ot, ATT_BQ, vh + k0 * ld, 1, ld, st, ATT_BQ, D, nc, bk,
+                     k0 == 0 ? 0 : 3, alpha);
+        else
+            /* o_tile [bq, D] = alpha o_tile + P [bq, bk] @ v_tile [bk, D]; P (c, j) = st [j, c] */
+            ATT_GEMM(wide, oh + q0 * ld, ld, st, 1, ATT_BQ, vh + k0 * ld, ld, bq, D, bk,
+                     k0 == 0 ? 0 : 2, alpha);
+    }
+
+    for (size_t i = 0; i < bq; i++) {
+        float *o = oh + (q0 + i) * ld;
+        float inv = 1.0f / l[i];
+        if (onechunk)
+            for (size_t d = 0; d < D; d++)
+                o[d] = ot[d * ATT_BQ + i] * inv;
+        else
+            for (size_t d = 0; d < D; d++)
+                o[d] *= inv;
+        if (lseh) lseh[q0 + i] = m[i] + logf(l[i]);
+    }
+}
+
+typedef void (*AttFwdFn)(float *, float *, const float *, const float *, const float *, size_t,
+                         size_t, size_t, size_t, size_t, float, int);
+
+static void att_fwd_generic(float *oh, float *lseh, const float *qh, const float *kh,
+                            const float *vh, size_t ld, size_t q0, size_t bq, size_t Nk, size_t D,
+                            float scale, int causal)
+{
+    att_fwd_body(oh, lseh, qh, kh, vh, ld, q0, bq, Nk, D, scale, causal, 0);
+}
+
+#ifdef ATT_HAVE_AVX2
+ATT_AVX2 static void att_fwd_avx2(float *oh, float *lseh, const float *qh, const float *kh,
+                                  const float *vh, size_t ld, size_t q0, size_t bq, size_t Nk,
+                                  size_t D, float scale, int causal)
+{
+    att_fwd_body(oh, lseh, qh, kh, vh, ld, q0, bq, Nk, D, scale, causal, 1);
 }
 #endif
 
-static AttTileFn att_pick_tile_fn(void)
-{
 #ifdef ATT_HAVE_AVX2
+static int att_have_avx2(void)
+{
     __builtin_cpu_init();
-    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return att_tile_avx2;
-#endif
-    return att_tile_generic;
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
 }
+#endif
 
 void attention_forward(float *out, float *lse, const float *q, const float *k, const float *v,
                        size_t B, size_t Nq, size_t Nk, size_t H, size_t D, float scale, int causal)
@@ -358,7 +339,10 @@ void attention_forward(float *out, float *lse, const float *q, const float *k, c
                 lse[i] = -INFINITY;
         return;
     }
-    AttTileFn tile = att_pick_tile_fn();
+    AttFwdFn fn = att_fwd_generic;
+#ifdef ATT_HAVE_AVX2
+    if (att_have_avx2()) fn = att_fwd_avx2;
+#endif
     size_t ld = H * D;
     size_t nqt = (Nq + ATT_BQ - 1) / ATT_BQ;
     size_t nwork = B * H * nqt;
@@ -369,9 +353,8 @@ void attention_forward(float *out, float *lse, const float *q, const float *k, c
         size_t b = w / (nqt * H);
         size_t q0 = t * ATT_BQ;
         size_t bq = Nq - q0 < ATT_BQ ? Nq - q0 : ATT_BQ;
-        tile(out + b * Nq * ld + h * D, lse ? lse + (b * H + h) * Nq : NULL,
-             q + b * Nq * ld + h * D, k + b * Nk * ld + h * D, v + b * Nk * ld + h * D, ld, q0, bq,
-             Nk, D, scale, causal);
+        fn(out + b * Nq * ld + h * D, lse ? lse + (b * H + h) * Nq : NULL, q + b * Nq * ld + h * D,
+           k + b * Nk * ld + h * D, v + b * Nk * ld + h * D, ld, q0, bq, Nk, D, scale, causal);
     }
 }
 
@@ -380,107 +363,102 @@ void attention_forward(float *out, float *lse, const float *q, const float *k, c
  * P_ij = exp(S_ij - lse_i), S = scale Q K^T, and Delta_i = sum_d dO_id O_id:
  *   dV += P^T dO,  dP = dO V^T,  dS_ij = P_ij (dP_ij - Delta_i),
  *   dK += scale dS^T Q,  dQ += scale dS K.
- * Each (query tile, key tile) pair recomputes S and dP from q, k, v, dout and the saved lse;
- * nothing of size [Nq, Nk] is stored. Work is split so that each gradient has one writer:
+ * Each (query tile, key tile) pair recomputes S and dP [bq, ATT_BK] from the query and dout
+ * rows (broadcasts) and the packed K^T, V^T tiles (packed once per key tile when D <= ATT_DCB);
+ * the three gradient products read P, dS (or their transposes, by strides) and the q, dout, k
+ * rows in place and accumulate straight into the gradient rows. Nothing of size [Nq, Nk] is
+ * stored. Work is split so that each gradient has one writer:
  *   whole-head mode (B*H >= 2 threads): one work item per (b, h) walks its key tiles and,
  *     inside, its query tiles, writing dK, dV of the key tile and dQ of the query tile;
  *   split mode (few heads): pass 1, one item per (b, h, key tile) writes dK, dV; pass 2, one
  *     item per (b, h, query tile) writes dQ (recomputing S and dP a second time).
- * Both visit the pairs in the same order per gradient row, so results do not depend on the
- * mode or the thread count. */
+ * Both visit the pairs in the same order per gradient row with the same arithmetic, so
+ * results do not depend on the mode or the thread count. */
 
-/* One (query tile q0..q0+bq-1, key tile k0..k0+bk-1) pair of one head. dkh, dvh (both or
- * neither) and dqh may be NULL to skip those products. */
+/* Transposed chunk of a key tile: t [dd, j] = x [(k0 + j) * ld + d0 + dd], zero for j >= bk. */
+ATT_INLINE void att_pack_t(float *t, const float *x, size_t ld, size_t k0, size_t bk, size_t d0,
+                           size_t dc)
+{
+    for (size_t j = 0; j < bk; j++)
+        for (size_t dd = 0; dd < dc; dd++)
+            t[dd * ATT_BK + j] = x[(k0 + j) * ld + d0 + dd];
+    for (size_t dd = 0; dd < dc; dd++)
+        for (size_t j = bk; j < ATT_BK; j++)
+            t[dd * ATT_BK + j] = 0.0f;
+}
+
+/* One (query tile q0..q0+bq-1, key tile k0..k0+bk-1) pair of one head. kt, vt hold the
+ * transposed key and value tile when D <= ATT_DCB (packed by the caller), else scratch.
+ * dkh, dvh (both or neither) and dqh may be NULL to skip those products. When D <= ATT_DCB,
+ * dK and dV go to the tile accumulators dkt, dvt [D, ATT_BK] (transposed; first: set rather
+ * than add) that the caller adds into dk, dv; otherwise straight into the rows of dk, dv. */
 ATT_INLINE void att_bwd_pair(float *dqh, float *dkh, float *dvh, const float *lseh, const float *qh,
                              const float *kh, const float *vh, const float *oh, const float *doh,
                              size_t ld, size_t q0, size_t bq, size_t k0, size_t bk, size_t D,
-                             float scale, int causal, int wide)
+                             float scale, int causal, float *kt, float *vt, float *dkt,
+                             float *dvt, int first, int wide)
 {
-    float s[ATT_BQ * ATT_BK];   /* scores, then P [bq, ATT_BK] */
-    float ds[ATT_BQ * ATT_BK];  /* dP, then dS [bq, ATT_BK] */
-    float pt[ATT_BK * ATT_BQ];  /* P^T [bk, bq], row stride ATT_BQ */
-    float dst[ATT_BK * ATT_BQ]; /* dS^T [bk, bq] */
-    float qc[ATT_BQ * ATT_DC];  /* scale * q chunk [bq, dc] */
-    float dc_[ATT_BQ * ATT_DC]; /* dout chunk [bq, dc] */
-    float bt[ATT_DC * ATT_BK];  /* k^T or v^T chunk [dc, ATT_BK] zero padded; k chunk [bk, dc] */
+    float s[ATT_BQ * ATT_BK];  /* scores, then P [bq, ATT_BK] */
+    float ds[ATT_BQ * ATT_BK]; /* dP, then scale * dS [bq, ATT_BK] */
     float delta[ATT_BQ];
-    int kv = dkh != NULL;
 
+    /* Delta with 8 interleaved partial sums (vectorises; the same order in every mode) */
     for (size_t i = 0; i < bq; i++) {
         const float *o = oh + (q0 + i) * ld, *g = doh + (q0 + i) * ld;
-        float acc = 0.0f;
-        for (size_t d = 0; d < D; d++)
-            acc += g[d] * o[d];
-        delta[i] = acc;
+        float acc[8] = {0};
+        size_t d = 0;
+        for (; d + 8 <= D; d += 8)
+            for (int t = 0; t < 8; t++)
+                acc[t] += g[d + t] * o[d + t];
+        for (int t = 0; d < D; d++, t++)
+            acc[t] += g[d] * o[d];
+        delta[i] = ((acc[0] + acc[4]) + (acc[2] + acc[6])) + ((acc[1] + acc[5]) + (acc[3] + acc[7]));
     }
 
-    /* S = (scale q) k^T and dP = dout v^T, over chunks of D */
-    memset(s, 0, sizeof s);
-    memset(ds, 0, sizeof ds);
-    for (size_t d0 = 0; d0 < D; d0 += ATT_DC) {
-        size_t dc = D - d0 < ATT_DC ? D - d0 : ATT_DC;
-        for (size_t i = 0; i < bq; i++)
-            for (size_t dd = 0; dd < dc; dd++) {
-                qc[i * ATT_DC + dd] = scale * qh[(q0 + i) * ld + d0 + dd];
-                dc_[i * ATT_DC + dd] = doh[(q0 + i) * ld + d0 + dd];
-            }
-        for (size_t dd = 0; dd < dc; dd++)
-            for (size_t j = bk; j < ATT_BK; j++)
-                bt[dd * ATT_BK + j] = 0.0f;
-        for (size_t j = 0; j < bk; j++)
-            for (size_t dd = 0; dd < dc; dd++)
-                bt[dd * ATT_BK + j] = kh[(k0 + j) * ld + d0 + dd];
-        att_gemm_acc(s, ATT_BK, qc, ATT_DC, bt, ATT_BK, bq, ATT_BK, dc, wide);
-        for (size_t j = 0; j < bk; j++)
-            for (size_t dd = 0; dd < dc; dd++)
-                bt[dd * ATT_BK + j] = vh[(k0 + j) * ld + d0 + dd];
-        att_gemm_acc(ds, ATT_BK, dc_, ATT_DC, bt, ATT_BK, bq, ATT_BK, dc, wide);
+    /* S = q k^T and dP = dout v^T, over chunks of D */
+    for (size_t d0 = 0; d0 < D; d0 += ATT_DCB) {
+        size_t dc = D - d0 < ATT_DCB ? D - d0 : ATT_DCB;
+        if (D > ATT_DCB) {
+            att_pack_t(kt, kh, ld, k0, bk, d0, dc);
+            att_pack_t(vt, vh, ld, k0, bk, d0, dc);
+        }
+        int mode = d0 == 0 ? 0 : 1;
+        ATT_GEMM(wide, s, ATT_BK, qh + q0 * ld + d0, ld, 1, kt, ATT_BK, bq, ATT_BK, dc, mode, NULL);
+        ATT_GEMM(wide, ds, ATT_BK, doh + q0 * ld + d0, ld, 1, vt, ATT_BK, bq, ATT_BK, dc, mode,
+                 NULL);
     }
 
-    /* P = exp(S - lse) on the visible keys, 0 elsewhere; dS = P (dP - Delta) */
+    /* P = exp(scale S - lse) on the visible keys, 0 elsewhere; scale dS = scale P (dP - Delta) */
     for (size_t i = 0; i < bq; i++) {
         float *si = s + i * ATT_BK, *di = ds + i * ATT_BK;
         size_t nv = bk;
         if (causal) nv = q0 + i + 1 <= k0 ? 0 : (q0 + i + 1 - k0 < bk ? q0 + i + 1 - k0 : bk);
-        float l = lseh[q0 + i], dl = delta[i];
+        float lv = lseh[q0 + i], dl = delta[i];
         for (size_t j = 0; j < nv; j++) {
-            float p = vm_exp_nonpos(si[j] - l);
+            float p = vm_exp_nonpos(scale * si[j] - lv);
             si[j] = p;
-            di[j] = p * (di[j] - dl);
+            di[j] = scale * (p * (di[j] - dl));
         }
-        for (size_t j = nv; j < ATT_BK; j++) {
+        for (size_t j = nv; j < bk; j++) {
             si[j] = 0.0f;
             di[j] = 0.0f;
         }
     }
-    if (kv)
-        for (size_t j = 0; j < bk; j++)
-            for (size_t i = 0; i < bq; i++) {
-                pt[j * ATT_BQ + i] = s[i * ATT_BK + j];
-                dst[j * ATT_BQ + i] = ds[i * ATT_BK + j];
-            }
 
-    /* dV += P^T dout, dK += dS^T (scale q), dQ += dS (scale k), over chunks of D; with one
-     * chunk, qc and dc_ still hold it */
-    for (size_t d0 = 0; d0 < D; d0 += ATT_DC) {
-        size_t dc = D - d0 < ATT_DC ? D - d0 : ATT_DC;
-        if (kv) {
-            if (D > ATT_DC)
-                for (size_t i = 0; i < bq; i++)
-                    for (size_t dd = 0; dd < dc; dd++) {
-                        qc[i * ATT_DC + dd] = scale * qh[(q0 + i) * ld + d0 + dd];
-                        dc_[i * ATT_DC + dd] = doh[(q0 + i) * ld + d0 + dd];
-                    }
-            att_gemm_acc(dvh + k0 * ld + d0, ld, pt, ATT_BQ, dc_, ATT_DC, bk, dc, bq, wide);
-            att_gemm_acc(dkh + k0 * ld + d0, ld, dst, ATT_BQ, qc, ATT_DC, bk, dc, bq, wide);
-        }
-        if (dqh) {
-            for (size_t j = 0; j < bk; j++)
-                for (size_t dd = 0; dd < dc; dd++)
-                    bt[j * ATT_DC + dd] = scale * kh[(k0 + j) * ld + d0 + dd];
-            att_gemm_acc(dqh + q0 * ld + d0, ld, ds, ATT_BK, bt, ATT_DC, bq, dc, bk, wide);
-        }
+    if (dkh && D <= ATT_DCB) {
+        /* dV^T [D, ATT_BK] += dout^T [D, bq] P [bq, ATT_BK], dK^T += q^T (scale dS): the
+         * dout and q rows are read as broadcasts, P and dS as vectors (the columns past bk
+         * hold finite values and are never copied out) */
+        ATT_GEMM(wide, dvt, ATT_BK, doh + q0 * ld, 1, ld, s, ATT_BK, D, ATT_BK, bq, !first, NULL);
+        ATT_GEMM(wide, dkt, ATT_BK, qh + q0 * ld, 1, ld, ds, ATT_BK, D, ATT_BK, bq, !first, NULL);
+    } else if (dkh) {
+        /* dV [bk, D] += P^T dout, dK [bk, D] += (scale dS)^T q; P^T (j, i) = s [i, j] */
+        ATT_GEMM(wide, dvh + k0 * ld, ld, s, 1, ATT_BK, doh + q0 * ld, ld, bk, D, bq, 1, NULL);
+        ATT_GEMM(wide, dkh + k0 * ld, ld, ds, 1, ATT_BK, qh + q0 * ld, ld, bk, D, bq, 1, NULL);
     }
+    /* dQ [bq, D] += (scale dS) k */
+    if (dqh)
+        ATT_GEMM(wide, dqh + q0 * ld, ld, ds, ATT_BK, 1, kh + k0 * ld, ld, bq, D, bk, 1, NULL);
 }
 
 /* mode 0: whole head (all key tiles, each with all its query tiles; dq, dk, dv);
@@ -491,22 +469,45 @@ ATT_INLINE void att_bwd_body(float *dqh, float *dkh, float *dvh, const float *ls
                              size_t ld, size_t Nq, size_t Nk, size_t D, float scale, int causal,
                              int mode, size_t tile, int wide)
 {
+    float kt[ATT_DCB * ATT_BK], vt[ATT_DCB * ATT_BK]; /* K^T, V^T [dc, ATT_BK] */
+    float dkt[ATT_DCB * ATT_BK], dvt[ATT_DCB * ATT_BK]; /* dK^T, dV^T of a key tile */
+    int packed = D <= ATT_DCB;
     if (mode == 2) {
         size_t q0 = tile * ATT_BQ, bq = Nq - q0 < ATT_BQ ? Nq - q0 : ATT_BQ;
         size_t kend = causal ? (q0 + bq < Nk ? q0 + bq : Nk) : Nk;
-        for (size_t k0 = 0; k0 < kend; k0 += ATT_BK)
-            att_bwd_pair(dqh, NULL, NULL, lseh, qh, kh, vh, oh, doh, ld, q0, bq, k0,
-                         kend - k0 < ATT_BK ? kend - k0 : ATT_BK, D, scale, causal, wide);
+        for (size_t k0 = 0; k0 < kend; k0 += ATT_BK) {
+            /* the pair sees keys k0 .. k0+bk-1 of the whole tile, as in the other modes */
+            size_t bk = Nk - k0 < ATT_BK ? Nk - k0 : ATT_BK;
+            if (packed) {
+                att_pack_t(kt, kh, ld, k0, bk, 0, D);
+                att_pack_t(vt, vh, ld, k0, bk, 0, D);
+            }
+            att_bwd_pair(dqh, NULL, NULL, lseh, qh, kh, vh, oh, doh, ld, q0, bq, k0, bk, D, scale,
+                         causal, kt, vt, NULL, NULL, 0, wide);
+        }
         return;
     }
     size_t kt0 = mode == 1 ? tile : 0, kt1 = mode == 1 ? tile + 1 : (Nk + ATT_BK - 1) / ATT_BK;
-    for (size_t kt = kt0; kt < kt1; kt++) {
-        size_t k0 = kt * ATT_BK, bk = Nk - k0 < ATT_BK ? Nk - k0 : ATT_BK;
-        /* causal (Nq == Nk, ATT_BQ == ATT_BK): queries before k0 see none of these keys */
-        size_t qstart = causal ? k0 : 0;
+    for (size_t t = kt0; t < kt1; t++) {
+        size_t k0 = t * ATT_BK, bk = Nk - k0 < ATT_BK ? Nk - k0 : ATT_BK;
+        if (packed) {
+            att_pack_t(kt, kh, ld, k0, bk, 0, D);
+            att_pack_t(vt, vh, ld, k0, bk, 0, D);
+        }
+        /* causal (Nq == Nk): query tiles ending at or before k0 see none of these keys */
+        size_t qstart = causal ? k0 / ATT_BQ * ATT_BQ : 0;
         for (size_t q0 = qstart; q0 < Nq; q0 += ATT_BQ)
             att_bwd_pair(mode == 0 ? dqh : NULL, dkh, dvh, lseh, qh, kh, vh, oh, doh, ld, q0,
-                         Nq - q0 < ATT_BQ ? Nq - q0 : ATT_BQ, k0, bk, D, scale, causal, wide);
+                         Nq - q0 < ATT_BQ ? Nq - q0 : ATT_BQ, k0, bk, D, scale, causal, kt, vt,
+                         dkt, dvt, q0 == qstart, wide);
+        if (packed)
+            for (size_t j = 0; j < bk; j++) {
+                float *gk = dkh + (k0 + j) * ld, *gv = dvh + (k0 + j) * ld;
+                for (size_t d = 0; d < D; d++) {
+                    gk[d] += dkt[d * ATT_BK + j];
+                    gv[d] += dvt[d * ATT_BK + j];
+                }
+            }
     }
 }
 
@@ -524,10 +525,11 @@ static void att_bwd_generic(float *dqh, float *dkh, float *dvh, const float *lse
 }
 
 #ifdef ATT_HAVE_AVX2
-__attribute__((target("avx2,fma"), optimize("fp-contract=fast"))) static void
-att_bwd_avx2(float *dqh, float *dkh, float *dvh, const float *lseh, const float *qh,
-             const float *kh, const float *vh, const float *oh, const float *doh, size_t ld,
-             size_t Nq, size_t Nk, size_t D, float scale, int causal, int mode, size_t tile)
+ATT_AVX2 static void att_bwd_avx2(float *dqh, float *dkh, float *dvh, const float *lseh,
+                                  const float *qh, const float *kh, const float *vh,
+                                  const float *oh, const float *doh, size_t ld, size_t Nq,
+                                  size_t Nk, size_t D, float scale, int causal, int mode,
+                                  size_t tile)
 {
     att_bwd_body(dqh, dkh, dvh, lseh, qh, kh, vh, oh, doh, ld, Nq, Nk, D, scale, causal, mode, tile,
                  1);
@@ -541,8 +543,7 @@ void attention_backward(float *dq, float *dk, float *dv, const float *out, const
     if (B == 0 || Nq == 0 || Nk == 0 || H == 0 || D == 0) return;
     AttBwdFn fn = att_bwd_generic;
 #ifdef ATT_HAVE_AVX2
-    __builtin_cpu_init();
-    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) fn = att_bwd_avx2;
+    if (att_have_avx2()) fn = att_bwd_avx2;
 #endif
     size_t ld = H * D, BH = B * H;
     size_t nqt = (Nq + ATT_BQ - 1) / ATT_BQ, nkt = (Nk + ATT_BK - 1) / ATT_BK;

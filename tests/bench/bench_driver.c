@@ -14,6 +14,7 @@
  * SPDX-License-Identifier: GPL-3.0-or-later */
 #include <cblas.h>
 #include <errno.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -21,6 +22,9 @@
 #include <time.h>
 
 #include "dreambooth.h"
+#include "optim.h"
+#include "train_params.h"
+#include "unet.h"
 
 #define MAX_REPS 1000
 
@@ -174,18 +178,102 @@ static DbStatus sgemm_run(Bench *b, DbError *err)
     return DB_OK;
 }
 
-/* train-step: one LoRA step (rank --rank on attention q/k/v/out, batch B, latent h x w, MSE on
- * the eps prediction, AdamW). Slots in when the training API lands: setup builds the trainer
- * state and the fixed batch (latents seed 1, noise seed 8, context seed 2, timesteps
- * 999 - 37 b, as torch_side.py), run does one step (out[0]: the loss; tests/bench/run does not
- * compare training outputs, the adapters' random init differs between the sides). */
+/* train-step: one LoRA step (rank --rank on attention q/k/v/out, alpha = rank, batch B,
+ * latent h x w, MSE on the eps prediction, AdamW lr 1e-4, weight decay 1e-2): setup builds the
+ * trainer state and the fixed batch (latents seed 1, noise seed 8, context seed 2, timesteps
+ * 999 - 37 b, noisy = sqrt(acp) latents + sqrt(1 - acp) noise, as torch_side.py); run does one
+ * step (out[0]: the loss; tests/bench/run does not compare training outputs, the adapters'
+ * random init differs between the sides). Per-block checkpointing on. */
+static struct {
+    UnetState *state;
+    TrainParams *tp;
+    UnetParams *view;
+    UnetTrain *tr;
+    float *noisy, *noise, *ctx, *t, *pred, *dpred, *m, *v;
+    long step;
+} ts;
+
+static DbStatus train_setup(Bench *b, DbError *err)
+{
+    const DbModel *m = b->model;
+    const size_t B = (size_t)b->batch, cin = (size_t)m->unet.in_channels;
+    const size_t ns = B * cin * (size_t)b->h * (size_t)b->w;
+    const size_t no = B * (size_t)m->unet.out_channels * (size_t)b->h * (size_t)b->w;
+    const size_t nc = B * DB_CONTEXT_LEN * (size_t)m->unet.cross_dim;
+    const TrainSpec spec = {NULL, b->rank, (float)b->rank, TRAIN_LORA_ATTN, 0};
+    const UnetDims d = {B, (size_t)b->h, (size_t)b->w, DB_CONTEXT_LEN};
+    DbStatus st = unet_state_build(&ts.state, m, err);
+    if (st == DB_OK) st = train_params_new(&ts.tp, m, NET_UNET, &spec, err);
+    if (st == DB_OK && !(ts.view = calloc(1, sizeof *ts.view)))
+        st = db_fail(err, DB_ERR_NOMEM, "bench: out of memory");
+    if (st == DB_OK) st = unet_train_view_build(ts.view, ts.state, m, ts.tp, err);
+    if (st == DB_OK)
+        st = unet_train_new(&ts.tr, ts.view, &m->unet, &d, train_params_lora_max_rank(ts.tp),
+                            unet_state_wscratch_size(ts.state), 1, err);
+    const size_t np = ts.tp ? train_params_count(ts.tp) : 0;
+    if (st == DB_OK) st = alloc_f(&ts.noisy, ns, err);
+    if (st == DB_OK) st = alloc_f(&ts.noise, ns, err);
+    if (st == DB_OK) st = alloc_f(&ts.ctx, nc, err);
+    if (st == DB_OK) st = alloc_f(&ts.t, B, err);
+    if (st == DB_OK) st = alloc_f(&ts.pred, no, err);
+    if (st == DB_OK) st = alloc_f(&ts.dpred, no, err);
+    if (st == DB_OK) st = alloc_f(&ts.m, np, err);
+    if (st == DB_OK) st = alloc_f(&ts.v, np, err);
+    if (st == DB_OK) st = alloc_f(&b->out[0], 1, err);
+    if (st != DB_OK) return st;
+    if (no != ns) return db_fail(err, DB_ERR_UNSUPPORTED, "bench: train-step needs in = out channels");
+    b->n_out[0] = 1;
+    memset(ts.m, 0, np * sizeof(float));
+    memset(ts.v, 0, np * sizeof(float));
+    bench_fill(ts.noisy, ns, 1);
+    bench_fill(ts.noise, ns, 8);
+    bench_fill(ts.ctx, nc, 2);
+    /* scaled_linear betas, alphas_cumprod in double (torch_side.alphas_cumprod) */
+    for (size_t i = 0; i < B; i++) {
+        const int ti = 999 - 37 * (int)i;
+        double acp = 1.0;
+        for (int k = 0; k <= ti; k++) {
+            const double sb = sqrt(0.00085) + (sqrt(0.012) - sqrt(0.00085)) * k / 999.0;
+            acp *= 1.0 - sb * sb;
+        }
+        ts.t[i] = (float)ti;
+        const float a = (float)sqrt((double)(float)acp), s1 = (float)sqrt(1.0 - (double)(float)acp);
+        const size_t per = ns / B;
+        for (size_t j = 0; j < per; j++)
+            ts.noisy[i * per + j] = a * ts.noisy[i * per + j] + s1 * ts.noise[i * per + j];
+    }
+    return DB_OK;
+}
+
+static DbStatus train_run(Bench *b, DbError *err)
+{
+    const size_t n = (size_t)b->batch * (size_t)b->model->unet.out_channels * (size_t)b->h *
+                     (size_t)b->w;
+    const AdamWConfig oc = {1e-4f, 0.9f, 0.999f, 1e-8f, 1e-2f};
+    train_params_zero_grads(ts.tp);
+    DbStatus st = unet_train_forward(ts.tr, ts.pred, ts.noisy, ts.t, ts.ctx, err);
+    if (st != DB_OK) return st;
+    double loss = 0.0;
+    for (size_t i = 0; i < n; i++) {
+        const double e = (double)ts.pred[i] - ts.noise[i];
+        loss += e * e;
+        ts.dpred[i] = (float)(2.0 * e / (double)n); /* d mean((pred - noise)^2) */
+    }
+    b->out[0][0] = (float)(loss / (double)n);
+    st = unet_train_backward(ts.tr, NULL, NULL, ts.dpred, err);
+    if (st != DB_OK) return st;
+    adamw_update(train_params_values(ts.tp), ts.m, ts.v, train_params_grads(ts.tp),
+                 train_params_count(ts.tp), ++ts.step, &oc);
+    return DB_OK;
+}
+
 static const Mode modes[] = {
     {"unet", 1, unet_setup, unet_run},
     {"vae-decode", 1, vae_decode_setup, vae_decode_run},
     {"vae-encode", 1, vae_encode_setup, vae_encode_run},
     {"text-encoder", 1, text_setup, text_run},
     {"sgemm", 0, sgemm_setup, sgemm_run},
-    {"train-step", 1, NULL, NULL},
+    {"train-step", 1, train_setup, train_run},
 };
 
 /* ---- main ------------------------------------------------------------------------------- */

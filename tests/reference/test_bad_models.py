@@ -9,7 +9,9 @@ exactly ONE line on stderr that names the offending file (and, where stated, the
 the expected and found shapes). Cases: diffusers folder without unet/, wrong-shape tensor,
 missing tensor, truncated safetensors, garbage file, torch .ckpt pickles (refused with a
 conversion hint and never executed: unpickling would create a marker file), oversized
-header, header longer than the file, header that is not JSON, nonexistent path.
+header, header longer than the file, header that is not JSON, nonexistent path; NaN/Inf
+weights in F32, F16 and BF16 storage (UNet, VAE, text encoder; the message names the file, the
+tensor and NaN or Inf), while the largest finite values (F16 65504, F32/BF16 3.39e38) load.
 """
 import argparse
 import os
@@ -88,6 +90,70 @@ def rewrite(path, fn):
     meta = st_io.load_metadata(path)
     fn(t)
     st_io.save_file(t, path, meta)
+
+
+def poke(path, name, index, raw):
+    """Overwrites element index of tensor name in a safetensors file with the raw bytes of one
+    value in the tensor's own dtype (F32: 4 bytes, F16/BF16: 2)."""
+    import json
+    with open(path, "r+b") as f:
+        n = struct.unpack("<Q", f.read(8))[0]
+        hdr = json.loads(f.read(n))
+        e = hdr[name]
+        assert len(raw) == {"F32": 4, "F16": 2, "BF16": 2}[e["dtype"]], (name, e["dtype"])
+        f.seek(8 + n + e["data_offsets"][0] + index * len(raw))
+        f.write(raw)
+
+
+# raw little-endian bit patterns per storage dtype
+NAN = {"F32": struct.pack("<I", 0x7FC00000), "F16": struct.pack("<H", 0x7E00), "BF16": struct.pack("<H", 0x7FC0)}
+INF = {"F32": struct.pack("<I", 0x7F800000), "F16": struct.pack("<H", 0x7C00), "BF16": struct.pack("<H", 0x7F80)}
+NEG_INF = {"F32": struct.pack("<I", 0xFF800000), "F16": struct.pack("<H", 0xFC00), "BF16": struct.pack("<H", 0xFF80)}
+MAX_FINITE = {"F32": struct.pack("<I", 0x7F7FFFFF), "F16": struct.pack("<H", 0x7BFF), "BF16": struct.pack("<H", 0x7F7F)}
+
+
+def weights_file(d, net):
+    for f in sorted(os.listdir(os.path.join(d, net))):
+        if f.endswith(".safetensors"):
+            return os.path.join(d, net, f)
+    raise RuntimeError("no weights in %s/%s" % (d, net))
+
+
+def nonfinite_cases(cli, work, base):
+    """NaN/Inf weights: refused at open with file, tensor and kind; max finite values load."""
+    models = {"F32": base}
+    for dt in ("f16", "bf16"):
+        d = os.path.join(work, "base-" + dt)
+        make_model.make_model("tiny-sd1", "diffusers", dt, 5, d)
+        models[dt.upper()] = d
+    cases = [  # (storage, net, tensor, element, value table, word)
+        ("F32", "unet", "down_blocks.0.resnets.0.conv1.weight", 7, NAN, "NaN"),
+        ("F32", "vae", "decoder.conv_out.weight", 0, INF, "Inf"),
+        ("F32", "text_encoder", "text_model.final_layer_norm.bias", 3, NEG_INF, "Inf"),
+        ("F16", "unet", "conv_out.weight", 11, NAN, "NaN"),
+        ("F16", "vae", "encoder.conv_in.bias", 1, INF, "Inf"),
+        ("BF16", "unet", "mid_block.attentions.0.proj_out.weight", 5, NAN, "NaN"),
+        ("BF16", "text_encoder", "text_model.embeddings.token_embedding.weight", 100, INF, "Inf"),
+    ]
+    for i, (dt, net, tensor, idx, table, word) in enumerate(cases):
+        d = os.path.join(work, "nonfinite-%d" % i)
+        shutil.rmtree(d, ignore_errors=True)
+        shutil.copytree(models[dt], d)
+        wf = weights_file(d, net)
+        poke(wf, tensor, idx, table[dt])
+        run_case(cli, "%s %s in %s %s" % (word, dt, net, tensor), d,
+                 must_contain=[os.path.basename(wf), tensor, word])
+    for dt, d0 in models.items():  # the largest finite value is not a false positive
+        d = os.path.join(work, "maxfinite-" + dt)
+        shutil.rmtree(d, ignore_errors=True)
+        shutil.copytree(d0, d)
+        poke(weights_file(d, "unet"), "conv_out.weight", 2, MAX_FINITE[dt])
+        p = subprocess.run([cli, "info", d], capture_output=True, text=True, timeout=60)
+        ok = p.returncode == 0
+        print("%s largest finite %s value loads: exit %d %s" % ("ok  " if ok else "FAIL", dt, p.returncode,
+                                                              p.stderr.strip()[:200]))
+        if not ok:
+            FAILS.append("max finite " + dt)
 
 
 def main():
@@ -207,7 +273,10 @@ def main():
             f.write(struct.pack("<Q", len(body)) + body)
         run_case(cli, "header not JSON", pth, must_contain=["not-json.safetensors"])
 
-        # 8. nothing there
+        # 8. NaN / Inf weights
+        nonfinite_cases(cli, work, base)
+
+        # 9. nothing there
         missing = os.path.join(work, "does-not-exist")
         run_case(cli, "nonexistent path", missing, must_contain=["does-not-exist"])
     except Exception as ex:

@@ -1,0 +1,244 @@
+/* Image files through GEGL: gegl:load -> (crop, scale) -> R'G'B'A float, alpha over white,
+ * planar [3, H, W] in [-1, 1] (StableDiffusion's VaeImageProcessor.normalize: 2 x - 1 of the
+ * sRGB-encoded values). GEGL's loaders report corrupt or truncated data only by printing
+ * (g_printerr "LIBPNG ERROR", g_warning), never through the graph, so both are captured while
+ * a file is read and turned into the one-line error.
+ * SPDX-License-Identifier: GPL-3.0-or-later */
+#include "image_load.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <unistd.h>
+#include <gegl.h>
+#include <glib.h>
+#include <glib/gstdio.h>
+#include <stdio.h>
+#include <string.h>
+
+/* ---- GEGL's complaints while a file is read --------------------------------------------- */
+
+static char captured[512];
+
+static void capture_text(const char *s)
+{
+    if (captured[0] || !s) return; /* the first complaint is the cause */
+    g_strlcpy(captured, s, sizeof captured);
+    for (char *p = captured; *p; p++)
+        if (*p == '\n' || *p == '\r') *p = ' ';
+    g_strchomp(captured);
+}
+
+static void capture_print(const gchar *s) { capture_text(s); }
+
+static void capture_log(const gchar *domain, GLogLevelFlags level, const gchar *message,
+                        gpointer user)
+{
+    (void)domain; (void)user;
+    if (level & (G_LOG_LEVEL_ERROR | G_LOG_LEVEL_CRITICAL | G_LOG_LEVEL_WARNING))
+        capture_text(message);
+}
+
+/* libpng's and libjpeg's default handlers print straight to stderr ("Premature end of JPEG
+ * file" is only a warning to libjpeg, which fills the rest with grey): fd 2 points to a temp
+ * file while a file is read; whatever lands there is a complaint, and the user sees one line. */
+typedef struct {
+    GPrintFunc printerr;
+    GLogFunc log;
+    int saved_fd2;
+    FILE *tmp;
+} Capture;
+
+static Capture capture_begin(void)
+{
+    captured[0] = 0;
+    Capture c = {g_set_printerr_handler(capture_print), g_log_set_default_handler(capture_log, NULL), -1, tmpfile()};
+    fflush(stderr);
+    if (c.tmp) {
+        c.saved_fd2 = dup(2);
+        if (c.saved_fd2 >= 0) dup2(fileno(c.tmp), 2);
+    }
+    return c;
+}
+
+/* Moves what reached fd 2 into captured[] (when nothing else was). */
+static void capture_collect(Capture *c)
+{
+    fflush(stderr);
+    if (!c->tmp || captured[0]) return;
+    char buf[sizeof captured];
+    rewind(c->tmp);
+    size_t n = fread(buf, 1, sizeof buf - 1, c->tmp);
+    buf[n] = 0;
+    if (n) capture_text(buf);
+}
+
+static void capture_end(Capture c)
+{
+    fflush(stderr);
+    if (c.saved_fd2 >= 0) {
+        dup2(c.saved_fd2, 2);
+        close(c.saved_fd2);
+    }
+    if (c.tmp) fclose(c.tmp);
+    g_set_printerr_handler(c.printerr);
+    g_log_set_default_handler(c.log, NULL);
+}
+
+static int fail(char *msg, size_t n, const char *path, const char *what)
+{
+    if (captured[0]) snprintf(msg, n, "%s: %s (%s)", path, what, captured);
+    else snprintf(msg, n, "%s: %s", path, what);
+    return -1;
+}
+
+/* ---- probing ------------------------------------------------------------------------------ */
+
+static int check_file(const char *path, char *msg, size_t n)
+{
+    GStatBuf sb;
+    if (g_stat(path, &sb) != 0) {
+        snprintf(msg, n, "%s: cannot open: %s", path, g_strerror(errno));
+        return -1;
+    }
+    if (!S_ISREG(sb.st_mode)) {
+        snprintf(msg, n, "%s: not a regular file", path);
+        return -1;
+    }
+    FILE *f = fopen(path, "rb");
+    if (!f) {
+        snprintf(msg, n, "%s: cannot open: %s", path, g_strerror(errno));
+        return -1;
+    }
+    fclose(f);
+    if (sb.st_size == 0) {
+        snprintf(msg, n, "%s: empty file, not an image", path);
+        return -1;
+    }
+    return 0;
+}
+
+/* The loader node's extent: the loaders read it from the header without decoding. */
+static int probe_node(GeglNode *load, const char *path, int *w, int *h, char *msg, size_t n)
+{
+    GeglRectangle r = gegl_node_get_bounding_box(load);
+    *w = r.width;
+    *h = r.height;
+    if (r.width <= 0 || r.height <= 0)
+        return fail(msg, n, path, "cannot read the image (unknown format, corrupt, truncated or 0x0)");
+    if (r.width < IMAGE_MIN_SIDE || r.height < IMAGE_MIN_SIDE) {
+        snprintf(msg, n, "%s: %dx%d pixels is too small (at least %dx%d)", path, r.width,
+                 r.height, IMAGE_MIN_SIDE, IMAGE_MIN_SIDE);
+        return -1;
+    }
+    if (r.width > IMAGE_MAX_SIDE || r.height > IMAGE_MAX_SIDE ||
+        (long long)r.width * r.height > IMAGE_MAX_PIXELS) {
+        snprintf(msg, n, "%s: %dx%d pixels is over the limit of %lld megapixels (e.g. 8192x8192); "
+                 "downscale it first", path, r.width, r.height, IMAGE_MAX_PIXELS >> 20);
+        return -1;
+    }
+    return 0;
+}
+
+int image_probe(const char *path, int *width, int *height, char *msg, size_t msg_size)
+{
+    if (check_file(path, msg, msg_size)) return -1;
+    Capture c = capture_begin();
+    GeglNode *graph = gegl_node_new();
+    GeglNode *load = gegl_node_new_child(graph, "operation", "gegl:load", "path", path, NULL);
+    int rc = probe_node(load, path, width, height, msg, msg_size);
+    g_object_unref(graph);
+    capture_collect(&c);
+    capture_end(c);
+    return rc;
+}
+
+/* ---- loading ------------------------------------------------------------------------------ */
+
+/* The whole file decoded into a tiled GeglBuffer in its own pixel format (at most
+ * IMAGE_MAX_PIXELS x 8 bytes: RGBA u16); NULL with captured[] set on errors. */
+static GeglBuffer *decode(GeglNode *graph, GeglNode *load)
+{
+    GeglBuffer *buf = NULL;
+    GeglNode *sink = gegl_node_new_child(graph, "operation", "gegl:buffer-sink", "buffer", &buf, NULL);
+    gegl_node_link(load, sink);
+    gegl_node_process(sink);
+    return buf;
+}
+
+int image_load_rgb(const char *path, int width, int height, float **out, int *out_width,
+                   int *out_height, char *msg, size_t msg_size)
+{
+    *out = NULL;
+    if ((width || height) && (width < 8 || height < 8 || width > 4096 || height > 4096 ||
+                              width % 8 || height % 8)) {
+        snprintf(msg, msg_size, "%s: target size %dx%d: expected multiples of 8 in 8..4096", path,
+                 width, height);
+        return -1;
+    }
+    if (check_file(path, msg, msg_size)) return -1;
+    Capture c = capture_begin();
+    GeglNode *graph = gegl_node_new();
+    GeglNode *load = gegl_node_new_child(graph, "operation", "gegl:load", "path", path, NULL);
+    int iw = 0, ih = 0, rc = probe_node(load, path, &iw, &ih, msg, msg_size);
+    GeglBuffer *buf = rc ? NULL : decode(graph, load);
+    capture_collect(&c);
+    if (rc == 0 && (!buf || captured[0])) rc = fail(msg, msg_size, path, "corrupt or truncated image");
+    float *px = NULL;
+    if (rc == 0) {
+        if (!width) {
+            width = iw / 8 * 8 > 4096 ? 4096 : iw / 8 * 8;
+            height = ih / 8 * 8 > 4096 ? 4096 : ih / 8 * 8;
+        }
+        px = g_try_new(float, (size_t)width * height * 4);
+        if (!px) {
+            snprintf(msg, msg_size, "%s: out of memory for %dx%d pixels", path, width, height);
+            rc = -1;
+        }
+    }
+    /* premultiplied sRGB-encoded floats: c_a = a c, so over white is c_a + 1 - a, and the
+     * resampling does not bleed the colour of transparent pixels */
+    const Babl *fmt = babl_format("R'aG'aB'aA float");
+    if (rc == 0 && width == iw && height == ih) {
+        GeglRectangle all = {0, 0, iw, ih};
+        gegl_buffer_get(buf, &all, 1.0, fmt, px, GEGL_AUTO_ROWSTRIDE, GEGL_ABYSS_NONE);
+    } else if (rc == 0) {
+        /* center crop to width:height, then one resampling: output pixel centre (x + 0.5)
+         * maps to cx + (x + 0.5) cw / width; the jacobian tells the sampler its
+         * footprint when shrinking; edges clamp (no transparent border) */
+        double cw = iw, ch = ih;
+        if ((long long)iw * height > (long long)ih * width) cw = (double)ih * width / height;
+        else ch = (double)iw * height / width;
+        double cx = (iw - cw) / 2, cy = (ih - ch) / 2, sx = cw / width, sy = ch / height;
+        GeglSampler *smp = gegl_buffer_sampler_new_at_level(buf, fmt, GEGL_SAMPLER_LINEAR, 0);
+        GeglBufferMatrix2 jac = {{{sx, 0.0}, {0.0, sy}}};
+        for (int y = 0; y < height; y++)
+            for (int x = 0; x < width; x++)
+                gegl_sampler_get(smp, cx + (x + 0.5) * sx, cy + (y + 0.5) * sy, &jac,
+                                 px + 4 * ((size_t)y * width + x), GEGL_ABYSS_CLAMP);
+        g_object_unref(smp);
+    }
+    capture_collect(&c);
+    if (rc == 0 && captured[0]) rc = fail(msg, msg_size, path, "corrupt or truncated image");
+    if (buf) g_object_unref(buf);
+    g_object_unref(graph);
+    capture_end(c);
+    if (rc) {
+        g_free(px);
+        return -1;
+    }
+    size_t plane = (size_t)width * height;
+    float *img = g_new(float, 3 * plane);
+    for (size_t i = 0; i < plane; i++) {
+        float a = px[4 * i + 3];
+        a = a < 0.0f ? 0.0f : a > 1.0f ? 1.0f : a;
+        for (int k = 0; k < 3; k++) {
+            float v = 2.0f * (px[4 * i + k] + 1.0f - a) - 1.0f; /* over white */
+            img[k * plane + i] = v < -1.0f ? -1.0f : v > 1.0f ? 1.0f : v; /* cubic overshoot */
+        }
+    }
+    g_free(px);
+    *out = img;
+    *out_width = width;
+    *out_height = height;
+    return 0;
+}

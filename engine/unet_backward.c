@@ -1,0 +1,380 @@
+/* UNet training forward and backward: unet_forward's list of blocks (unet.c), kept as data
+ * (a plan of steps), run top-down by unet_train_forward and bottom-up by unet_train_backward.
+ *
+ *   temb = SiLU(linear_2(SiLU(linear_1(timestep_embedding(t)))))   (t gets no gradient)
+ *   x_0 = conv_in(sample)
+ *   steps: x_out = block(x_in [, skip]) for every resnet / transformer / down- / upsampler;
+ *          an up-block resnet reads cat[x_in, skip] (skip = a down-block output)
+ *   out = conv_out(SiLU(GroupNorm(x_last)))
+ *
+ * Every step output has its own buffer x[id] and gradient dx[id]: a tensor read by two steps
+ * (a skip: the next block and an up-block resnet) gets both contributions accumulated before
+ * its producer's backward runs, since both readers come later in the forward. Gradients of
+ * the shared inputs: dtemb [B, T] (every resnet's time_emb_proj) flows into linear_2/linear_1;
+ * dctx [B, S, X] sums the cross-attention K/V gradients of every transformer.
+ * SPDX-License-Identifier: GPL-3.0-or-later */
+#include "unet.h"
+
+#include "kernels.h"
+
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef enum { STEP_RES, STEP_ATTN, STEP_DOWN, STEP_UP } StepKind;
+
+typedef struct {
+    StepKind kind;
+    const void *p;      /* UnetResnet, UnetTransformer or UnetLin */
+    size_t h, w;        /* input size */
+    size_t cin, cx;     /* input channels (a cat: cx from x_in, cin - cx from the skip) */
+    int in, skip, out;  /* tensor ids; skip -1: none */
+    size_t acts_off;    /* into the internals (no checkpointing) */
+} Step;
+
+#define MAX_STEPS (DB_MAX_BLOCKS * (4 * UNET_MAX_LAYERS + 6) + 3)
+#define MAX_TENSORS (MAX_STEPS + 1)
+
+struct UnetTrain {
+    const UnetParams *p;
+    const UnetConfig *c;
+    UnetDims d;
+    size_t R;
+    int checkpointing;
+    Step step[MAX_STEPS];
+    int n_step, n_tensor;
+    float *x[MAX_TENSORS], *dx[MAX_TENSORS];
+    size_t n[MAX_TENSORS];
+    float *mem;
+    size_t total;
+    /* regions of mem */
+    float *t_sin, *t_h1, *t_h1a, *t_h2, *temb, *dtemb, *dt_a, *dt_b;
+    float *cat, *dcat, *gn_mean, *gn_rstd, *nout, *dnout, *acts, *scratch;
+    UnetWork wk;
+    const float *sample, *timesteps, *ctx;
+};
+
+static size_t zmax(size_t a, size_t b) { return a > b ? a : b; }
+
+static int add_tensor(UnetTrain *t, size_t n)
+{
+    t->n[t->n_tensor] = n;
+    return t->n_tensor++;
+}
+
+static int add_step(UnetTrain *t, StepKind kind, const void *p, int in, int skip, size_t h,
+                    size_t w, size_t cx, size_t cin, size_t cout_elems)
+{
+    Step *s = &t->step[t->n_step++];
+    s->kind = kind, s->p = p, s->in = in, s->skip = skip, s->h = h, s->w = w, s->cx = cx;
+    s->cin = cin;
+    s->out = add_tensor(t, cout_elems);
+    return s->out;
+}
+
+/* The plan: unet_forward's order (unet.c). */
+static void plan(UnetTrain *t)
+{
+    const UnetConfig *c = t->c;
+    const UnetParams *p = t->p;
+    const int nb = c->n_blocks, L = c->layers_per_block;
+    const size_t B = t->d.B;
+    size_t h = t->d.H, w = t->d.W;
+    int down_res[DB_MAX_BLOCKS][UNET_MAX_LAYERS], down_ds[DB_MAX_BLOCKS];
+    int cur = add_tensor(t, B * (size_t)c->block_out[0] * h * w); /* conv_in output */
+    const int skip_in = cur;
+    size_t ch = (size_t)c->block_out[0];
+    for (int b = 0; b < nb; b++) {
+        const UnetDownBlock *db = &p->down[b];
+        const size_t o = (size_t)c->block_out[b];
+        for (int j = 0; j < L; j++) {
+            cur = add_step(t, STEP_RES, &db->res[j], cur, -1, h, w, ch, ch, B * o * h * w);
+            ch = o;
+            if (db->has_attn)
+                cur = add_step(t, STEP_ATTN, &db->attn[j], cur, -1, h, w, o, o, B * o * h * w);
+            down_res[b][j] = cur;
+        }
+        if (db->has_down) {
+            cur = add_step(t, STEP_DOWN, &db->down, cur, -1, h, w, o, o, B * o * (h / 2) * (w / 2));
+            down_ds[b] = cur;
+            h /= 2, w /= 2;
+        }
+    }
+    const size_t top = (size_t)c->block_out[nb - 1];
+    cur = add_step(t, STEP_RES, &p->mid_res0, cur, -1, h, w, top, top, B * top * h * w);
+    cur = add_step(t, STEP_ATTN, &p->mid_attn, cur, -1, h, w, top, top, B * top * h * w);
+    cur = add_step(t, STEP_RES, &p->mid_res1, cur, -1, h, w, top, top, B * top * h * w);
+    for (int u = 0; u < nb; u++) {
+        const UnetUpBlock *ub = &p->up[u];
+        const int dbi = nb - 1 - u;
+        const size_t o = (size_t)c->block_out[dbi];
+        for (int j = 0; j <= L; j++) {
+            const int skip = j < L ? down_res[dbi][L - 1 - j] : dbi > 0 ? down_ds[dbi - 1] : skip_in;
+            cur = add_step(t, STEP_RES, &ub->res[j], cur, skip, h, w, ch,
+                           (size_t)ub->res[j].cin, B * o * h * w);
+            ch = o;
+            if (ub->has_attn)
+                cur = add_step(t, STEP_ATTN, &ub->attn[j], cur, -1, h, w, o, o, B * o * h * w);
+        }
+        if (ub->has_up) {
+            cur = add_step(t, STEP_UP, &ub->up, cur, -1, h, w, o, o, B * o * h * w * 4);
+            h *= 2, w *= 2;
+        }
+    }
+}
+
+/* Internals and backward scratch of step s (floats). */
+static void step_sizes(const UnetTrain *t, const Step *s, size_t *acts, size_t *bwd)
+{
+    const size_t B = t->d.B, HW = s->h * s->w, G = (size_t)t->c->norm_groups, R = t->R;
+    switch (s->kind) {
+    case STEP_RES: {
+        const UnetResnet *r = s->p;
+        *acts = unet_resnet_acts_size(s->cin, (size_t)r->cout, B, HW, G, R);
+        *bwd = unet_resnet_bwd_size(s->cin, (size_t)r->cout, B, HW, R);
+        break;
+    }
+    case STEP_ATTN: {
+        const UnetTransformer *a = s->p;
+        *acts = unet_transformer_acts_size(s->cin, (size_t)a->heads, B, HW, t->d.S, G, R);
+        *bwd = unet_transformer_bwd_size(s->cin, B, HW, t->d.S, R);
+        break;
+    }
+    default:
+        *acts = unet_sample_acts_size(s->kind == STEP_UP, s->cin, B, HW, R);
+        *bwd = unet_sample_bwd_size(s->kind == STEP_UP, s->cin, B, HW, R);
+    }
+}
+
+static float *step_acts(const UnetTrain *t, const Step *s)
+{
+    return t->checkpointing ? t->acts : t->acts + s->acts_off;
+}
+
+/* Runs step s forward, saving its internals; an up-block resnet first builds its cat. */
+static int step_forward(UnetTrain *t, const Step *s)
+{
+    const size_t B = t->d.B, G = (size_t)t->c->norm_groups, T = (size_t)t->c->time_embed_dim;
+    const size_t X = (size_t)t->c->cross_dim, R = t->R;
+    float *acts = step_acts(t, s), *out = t->x[s->out];
+    const float *in = t->x[s->in];
+    switch (s->kind) {
+    case STEP_RES:
+        if (s->skip >= 0) {
+            concat_channels_forward(t->cat, in, t->x[s->skip], B, s->cx, s->cin - s->cx,
+                                    s->h * s->w);
+            in = t->cat;
+        }
+        return unet_resnet_train_forward(out, acts, &t->wk, in, t->temb, s->p, B, s->h, s->w, T,
+                                         G, t->c->norm_eps, R);
+    case STEP_ATTN:
+        unet_transformer_train_forward(out, acts, &t->wk, in, t->ctx, s->p, B, s->h, s->w,
+                                       t->d.S, X, G, R);
+        return 0;
+    case STEP_DOWN:
+        return unet_downsample_train_forward(out, acts, &t->wk, in, s->p, B, s->cin, s->h, s->w);
+    case STEP_UP:
+        return unet_upsample_train_forward(out, acts, &t->wk, in, s->p, B, s->cin, s->h, s->w);
+    }
+    return 0;
+}
+
+static int step_backward(UnetTrain *t, const Step *s, float *dctx)
+{
+    const size_t B = t->d.B, G = (size_t)t->c->norm_groups, T = (size_t)t->c->time_embed_dim;
+    const size_t X = (size_t)t->c->cross_dim, R = t->R;
+    const float *acts = step_acts(t, s), *dout = t->dx[s->out], *in = t->x[s->in];
+    float *din = t->dx[s->in];
+    int rc = 0;
+    switch (s->kind) {
+    case STEP_RES:
+        if (s->skip < 0)
+            return unet_resnet_backward(din, t->dtemb, acts, dout, in, t->temb, s->p, &t->wk,
+                                        t->scratch, B, s->h, s->w, T, G, R);
+        /* the cat was rebuilt by step_forward (checkpointing) or is rebuilt here */
+        if (!t->checkpointing)
+            concat_channels_forward(t->cat, in, t->x[s->skip], B, s->cx, s->cin - s->cx,
+                                    s->h * s->w);
+        memset(t->dcat, 0, B * s->cin * s->h * s->w * sizeof(float));
+        rc = unet_resnet_backward(t->dcat, t->dtemb, acts, dout, t->cat, t->temb, s->p, &t->wk,
+                                  t->scratch, B, s->h, s->w, T, G, R);
+        concat_channels_backward(din, t->dx[s->skip], t->dcat, B, s->cx, s->cin - s->cx,
+                                 s->h * s->w);
+        return rc;
+    case STEP_ATTN:
+        unet_transformer_backward(din, dctx, acts, dout, in, t->ctx, s->p, &t->wk, t->scratch, B,
+                                  s->h, s->w, t->d.S, X, G, R);
+        return 0;
+    case STEP_DOWN:
+        return unet_downsample_backward(din, acts, dout, in, s->p, &t->wk, t->scratch, B, s->cin,
+                                        s->h, s->w);
+    case STEP_UP:
+        return unet_upsample_backward(din, acts, dout, s->p, &t->wk, t->scratch, B, s->cin, s->h,
+                                      s->w);
+    }
+    return 0;
+}
+
+static int add_ok(size_t *acc, size_t n) { return !__builtin_add_overflow(*acc, n, acc); }
+
+DbStatus unet_train_new(UnetTrain **out, const UnetParams *view, const UnetConfig *c,
+                        const UnetDims *d, size_t lora_rank, size_t wscratch_floats,
+                        int checkpointing, DbError *err)
+{
+    *out = NULL;
+    if (c->n_blocks < 1 || c->n_blocks > DB_MAX_BLOCKS || c->layers_per_block < 1 ||
+        c->layers_per_block > UNET_MAX_LAYERS)
+        return db_fail(err, DB_ERR_MODEL, "UNet: %d blocks of %d layers are not supported",
+                       c->n_blocks, c->layers_per_block);
+    UnetTrain *t = calloc(1, sizeof *t);
+    if (!t)
+        return db_fail(err, DB_ERR_NOMEM, "UNet training: out of memory");
+    t->p = view, t->c = c, t->d = *d, t->R = lora_rank, t->checkpointing = checkpointing;
+    plan(t);
+    const size_t B = d->B, T = (size_t)c->time_embed_dim, C0 = (size_t)c->block_out[0];
+    const size_t G = (size_t)c->norm_groups, HW0 = d->H * d->W;
+    size_t acts = 0, bwd = 0, cat = 0, total = 0;
+    int ok = 1;
+    for (int i = 0; i < t->n_step; i++) {
+        Step *s = &t->step[i];
+        size_t a, b;
+        step_sizes(t, s, &a, &b);
+        s->acts_off = acts;
+        ok &= checkpointing ? (acts = zmax(acts, a), 1) : add_ok(&acts, a);
+        bwd = zmax(bwd, b);
+        if (s->skip >= 0)
+            cat = zmax(cat, B * s->cin * s->h * s->w);
+    }
+    for (int i = 0; i < t->n_tensor; i++)
+        ok &= add_ok(&total, 2 * t->n[i]);
+    const size_t conv = unet_conv_scratch_size(c, d);
+    ok &= add_ok(&total, B * C0 + 7 * B * T) && add_ok(&total, 2 * cat) &&
+          add_ok(&total, 2 * B * G + 2 * B * C0 * HW0) && add_ok(&total, acts) &&
+          add_ok(&total, bwd) && add_ok(&total, conv) && add_ok(&total, wscratch_floats) &&
+          total <= SIZE_MAX / sizeof(float);
+    if (!ok || !(t->mem = malloc(total * sizeof(float)))) {
+        free(t);
+        return db_fail(err, DB_ERR_NOMEM, "UNet training: cannot allocate %.1f MiB for batch %zu "
+                       "at %zux%zu", ok ? (double)total * sizeof(float) / 1048576.0 : -1.0, B,
+                       d->H, d->W);
+    }
+    t->total = total;
+    float *m = t->mem;
+    for (int i = 0; i < t->n_tensor; i++)
+        t->x[i] = m, m += t->n[i], t->dx[i] = m, m += t->n[i];
+    t->t_sin = m, m += B * C0;
+    t->t_h1 = m, m += B * T;
+    t->t_h1a = m, m += B * T;
+    t->t_h2 = m, m += B * T;
+    t->temb = m, m += B * T;
+    t->dtemb = m, m += B * T;
+    t->dt_a = m, m += B * T;
+    t->dt_b = m, m += B * T;
+    t->cat = m, m += cat;
+    t->dcat = m, m += cat;
+    t->gn_mean = m, m += B * G;
+    t->gn_rstd = m, m += B * G;
+    t->nout = m, m += B * C0 * HW0;
+    t->dnout = m, m += B * C0 * HW0;
+    t->acts = m, m += acts;
+    t->scratch = m, m += bwd;
+    t->wk.conv_scratch = m, t->wk.conv_scratch_n = conv, m += conv;
+    t->wk.wscratch = m;
+    t->wk.work = NULL;
+    *out = t;
+    return DB_OK;
+}
+
+size_t unet_train_floats(const UnetTrain *t) { return t->total; }
+
+void unet_train_free(UnetTrain *t)
+{
+    if (!t)
+        return;
+    free(t->mem);
+    free(t);
+}
+
+#define CONV(x)                                                                            \
+    do {                                                                                   \
+        if ((x) != 0)                                                                      \
+            return db_fail(err, DB_ERR_NOMEM, "UNet: internal error: conv scratch too small"); \
+    } while (0)
+
+DbStatus unet_train_forward(UnetTrain *t, float *out, const float *sample, const float *timesteps,
+                            const float *ctx, DbError *err)
+{
+    const UnetConfig *c = t->c;
+    const UnetParams *p = t->p;
+    const size_t B = t->d.B, T = (size_t)c->time_embed_dim, C0 = (size_t)c->block_out[0];
+    const size_t G = (size_t)c->norm_groups, H = t->d.H, W = t->d.W;
+    const UnetWork *wk = &t->wk;
+    t->sample = sample, t->timesteps = timesteps, t->ctx = ctx;
+
+    timestep_embedding(t->t_sin, timesteps, B, C0, c->flip_sin_to_cos, c->freq_shift);
+    linear_forward(t->t_h1, t->t_sin, unet_weight(&p->time_1, wk), p->time_1.b, B, C0, T);
+    silu_forward(t->t_h1a, t->t_h1, B * T);
+    linear_forward(t->t_h2, t->t_h1a, unet_weight(&p->time_2, wk), p->time_2.b, B, T, T);
+    silu_forward(t->temb, t->t_h2, B * T);
+    CONV(conv2d_forward(t->x[0], sample, unet_weight(&p->conv_in, wk), p->conv_in.b,
+                        wk->conv_scratch, wk->conv_scratch_n, B, (size_t)c->in_channels, H, W, C0,
+                        3, 1, 1, 1));
+    for (int i = 0; i < t->n_step; i++)
+        CONV(step_forward(t, &t->step[i]));
+    const float *last = t->x[t->step[t->n_step - 1].out];
+    groupnorm_forward(t->nout, t->gn_mean, t->gn_rstd, last, p->norm_out.w, p->norm_out.b, B, C0,
+                      H * W, G, c->norm_eps, 1);
+    CONV(conv2d_forward(out, t->nout, unet_weight(&p->conv_out, wk), p->conv_out.b,
+                        wk->conv_scratch, wk->conv_scratch_n, B, C0, H, W,
+                        (size_t)c->out_channels, 3, 1, 1, 1));
+    return DB_OK;
+}
+
+DbStatus unet_train_backward(UnetTrain *t, float *dsample, float *dctx, const float *dout,
+                             DbError *err)
+{
+    const UnetConfig *c = t->c;
+    const UnetParams *p = t->p;
+    const size_t B = t->d.B, T = (size_t)c->time_embed_dim, C0 = (size_t)c->block_out[0];
+    const size_t G = (size_t)c->norm_groups, H = t->d.H, W = t->d.W;
+    const UnetWork *wk = &t->wk;
+    for (int i = 0; i < t->n_tensor; i++)
+        memset(t->dx[i], 0, t->n[i] * sizeof(float));
+    memset(t->dtemb, 0, B * T * sizeof(float));
+
+    /* out = conv_out(SiLU(GroupNorm(x_last))) */
+    const int last = t->step[t->n_step - 1].out;
+    memset(t->dnout, 0, B * C0 * H * W * sizeof(float));
+    CONV(conv2d_backward(t->dnout, p->conv_out.dw, p->conv_out.db, dout, t->nout,
+                         unet_weight(&p->conv_out, wk), wk->conv_scratch, wk->conv_scratch_n, B,
+                         C0, H, W, (size_t)c->out_channels, 3, 1, 1, 1));
+    groupnorm_backward(t->dx[last], p->norm_out.dw, p->norm_out.db, t->gn_mean, t->gn_rstd,
+                       t->dnout, t->x[last], p->norm_out.w, p->norm_out.b, B, C0, H * W, G, 1);
+
+    /* the steps, bottom-up; with checkpointing each block is recomputed first */
+    for (int i = t->n_step; i-- > 0;) {
+        const Step *s = &t->step[i];
+        if (t->checkpointing)
+            CONV(step_forward(t, s));
+        CONV(step_backward(t, s, dctx));
+    }
+
+    /* temb = SiLU(h2), h2 = linear_2(SiLU(h1)), h1 = linear_1(t_sin) */
+    if (p->time_1.dw || p->time_1.db || p->time_2.dw || p->time_2.db) {
+        memset(t->dt_a, 0, B * T * sizeof(float));
+        silu_backward(t->dt_a, t->dtemb, t->t_h2, B * T);
+        memset(t->dt_b, 0, B * T * sizeof(float));
+        linear_backward(t->dt_b, p->time_2.dw, p->time_2.db, t->dt_a, t->t_h1a,
+                        unet_weight(&p->time_2, wk), B, T, T);
+        memset(t->dt_a, 0, B * T * sizeof(float));
+        silu_backward(t->dt_a, t->dt_b, t->t_h1, B * T);
+        if (p->time_1.dw || p->time_1.db)
+            linear_backward(NULL, p->time_1.dw, p->time_1.db, t->dt_a, t->t_sin,
+                            unet_weight(&p->time_1, wk), B, C0, T);
+    }
+    if (dsample || p->conv_in.dw || p->conv_in.db)
+        CONV(conv2d_backward(dsample, p->conv_in.dw, p->conv_in.db, t->dx[0], t->sample,
+                             unet_weight(&p->conv_in, wk), wk->conv_scratch, wk->conv_scratch_n,
+                             B, (size_t)c->in_channels, H, W, C0, 3, 1, 1, 1));
+    return DB_OK;
+}
