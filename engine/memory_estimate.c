@@ -3,6 +3,9 @@
  * the estimate is weights + the text encoder's widened copy + the largest call's one
  * allocation (each network call allocates once and frees at its end) + the caller's buffers +
  * a fixed base. Calls run one after another, so the work term is a max, not a sum.
+ * db_model_open reads every weight of every network once (weights_check.c), so all of them
+ * are resident after it, whichever network runs (they are file pages: reclaimable, but they
+ * count in the peak RSS the estimate is checked against).
  * SPDX-License-Identifier: GPL-3.0-or-later */
 #include "memory_estimate.h"
 
@@ -111,15 +114,16 @@ int db_estimate_memory(const DbModel *m, DbTask task, int batch, int width, int 
     const size_t H = (size_t)height, W = (size_t)width;
     const uint64_t D = (uint64_t)m->clip.hidden, ctx = 4 * DB_CONTEXT_LEN * D;
     const uint64_t C = (uint64_t)m->vae.latent_channels;
+    const uint64_t all = s.bytes[NET_TEXT] + s.bytes[NET_UNET] + s.bytes[NET_VAE];
     switch (task) {
     case DB_TASK_TEXT_ENCODER:
-        est->weights = s.bytes[NET_TEXT];
+        est->weights = all;
         est->owned = s.widened[NET_TEXT];
         est->work = B * ctx * 8; /* clip_acts_size: a few [B, 77, D] and [B, 77, 4D] */
         est->buffers = B * ctx;
         break;
     case DB_TASK_UNET: /* width, height: latent size */
-        est->weights = s.bytes[NET_UNET];
+        est->weights = all;
         est->work = unet_bytes(m, &s, B, H, W);
         est->buffers = 4 * B * (2 * (uint64_t)m->unet.in_channels * H * W) + B * ctx;
         if (!est->work) return 0;
@@ -127,7 +131,7 @@ int db_estimate_memory(const DbModel *m, DbTask task, int batch, int width, int 
     case DB_TASK_VAE_ENCODE:
     case DB_TASK_VAE_DECODE:
         if (!f || H % f || W % f) return 0;
-        est->weights = s.bytes[NET_VAE];
+        est->weights = all;
         est->work = vae_bytes(m, &s, task == DB_TASK_VAE_ENCODE ? VAE_ENCODER : VAE_DECODER, H, W, vae);
         est->buffers = 4 * B * (3 * H * W + 2 * C * (H / f) * (W / f));
         if (!est->work) return 0;
@@ -135,7 +139,7 @@ int db_estimate_memory(const DbModel *m, DbTask task, int batch, int width, int 
     case DB_TASK_GENERATE: {
         if (!f || H % f || W % f) return 0;
         const size_t ub = cfg > 1.0f ? 2 : 1;
-        est->weights = s.bytes[NET_TEXT] + s.bytes[NET_UNET] + s.bytes[NET_VAE];
+        est->weights = all;
         est->owned = s.widened[NET_TEXT];
         uint64_t u = unet_bytes(m, &s, ub, H / f, W / f);
         uint64_t v = vae_bytes(m, &s, VAE_DECODER, H, W, vae);
