@@ -131,6 +131,11 @@ int main(int argc, char **argv)
     DbError err = {0};
     if (sched_build(&s, &sc, kind, opt.steps, &err) != DB_OK) {
         fprintf(stderr, "%s\n", err.msg);
+        free(x);
+        free(noise0);
+        free(toy.cond);
+        free(toy.uncond);
+        g_object_unref(parser);
         return 1;
     }
     DbStatus st = sampler_run(&opt, &cfg, &rng, x, n, toy_denoise, &toy, &err);
