@@ -17,6 +17,7 @@
 #include <string.h>
 
 #include "cli.h"
+#include "cli_io.h"
 #include "clip.h"
 #include "safetensors.h"
 #include "train_params.h"
@@ -41,43 +42,6 @@ typedef struct {
     const char *inputs;
     const char *outputs;
 } BackwardNet;
-
-/* input_ids: I64 or I32 [B, 77], every id in [0, vocab) -> ids [B*77] (g_free). */
-static DbStatus read_ids(const SafetensorsFile *in, int vocab, int32_t **ids, int *batch,
-                         DbError *err)
-{
-    const SafetensorsEntry *e = safetensors_find(in, "input_ids");
-    char sh[128];
-    if (!e)
-        return db_fail(err, DB_ERR_ARG, "%s: no tensor 'input_ids' (expected I64 or I32 [B, %d])",
-                       in->path, DB_CONTEXT_LEN);
-    if (e->t.ndim != 2 || e->t.shape[1] != DB_CONTEXT_LEN || e->t.shape[0] < 1 ||
-        e->t.shape[0] > 4096 || (e->t.dtype != DB_DTYPE_I64 && e->t.dtype != DB_DTYPE_I32))
-        return db_fail(err, DB_ERR_ARG, "%s: 'input_ids' is %s %s, expected I64 or I32 [B, %d] "
-                       "with 1 <= B <= 4096", in->path, dtype_name(e->t.dtype),
-                       tensor_shape_str(e->t.shape, e->t.ndim, sh, sizeof sh), DB_CONTEXT_LEN);
-    int32_t *out = g_new(int32_t, e->t.nelem);
-    for (size_t i = 0; i < e->t.nelem; i++) {
-        int64_t v;
-        if (e->t.dtype == DB_DTYPE_I64) {
-            memcpy(&v, (const char *)e->t.data + 8 * i, 8);
-        } else {
-            int32_t v32;
-            memcpy(&v32, (const char *)e->t.data + 4 * i, 4);
-            v = v32;
-        }
-        if (v < 0 || v >= vocab) {
-            g_free(out);
-            return db_fail(err, DB_ERR_ARG, "%s: 'input_ids' holds id %" PRId64 " at [%zu, %zu], "
-                           "outside [0, %d)", in->path, v, i / DB_CONTEXT_LEN,
-                           i % DB_CONTEXT_LEN, vocab);
-        }
-        out[i] = (int32_t)v;
-    }
-    *ids = out;
-    *batch = (int)e->t.shape[0];
-    return DB_OK;
-}
 
 /* grad_output: F32 of exactly ndim/shape -> pointer into the mapping (copied to be aligned). */
 static DbStatus read_grad_output(const SafetensorsFile *in, int ndim, const int64_t *shape,
@@ -128,7 +92,7 @@ static DbStatus run_text_encoder(DbModel *m, const SafetensorsFile *in, Safetens
     ClipTrainView view = {0};
     int have_view = 0;
     DbStatus st = clip_config_check(c, err);
-    if (st == DB_OK) st = read_ids(in, c->vocab_size, &ids, &batch, err);
+    if (st == DB_OK) st = cli_read_ids(in, c->vocab_size, &ids, &batch, err);
     const size_t B = (size_t)batch, n_out = B * DB_CONTEXT_LEN * (size_t)c->hidden;
     int64_t shape[3] = {batch, DB_CONTEXT_LEN, c->hidden};
     if (st == DB_OK) st = read_grad_output(in, 3, shape, &dout, err);

@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "cli.h"
+#include "cli_io.h"
 #include "safetensors.h"
 #include "train_params.h"
 #include "unet.h"
@@ -15,68 +16,6 @@
 DbStatus cli_backward_unet(DbModel *m, const SafetensorsFile *in, SafetensorsWriter *out,
                            const TrainSpec *spec, const char *lora_init, int checkpointing,
                            DbError *err);
-
-/* name: F32 of ndim dims, each in [1, 65536] -> owned copy (g_free), shape into shape[]. */
-static DbStatus read_f32(const SafetensorsFile *in, const char *name, int ndim, int64_t *shape,
-                         float **out, DbError *err)
-{
-    const SafetensorsEntry *e = safetensors_find(in, name);
-    char sh[128];
-    if (!e)
-        return db_fail(err, DB_ERR_ARG, "%s: no tensor '%s' (expected F32 with %d dims)", in->path,
-                       name, ndim);
-    int ok = e->t.dtype == DB_DTYPE_F32 && e->t.ndim == ndim;
-    for (int i = 0; ok && i < ndim; i++)
-        ok = e->t.shape[i] >= 1 && e->t.shape[i] <= 65536;
-    if (!ok)
-        return db_fail(err, DB_ERR_ARG, "%s: '%s' is %s %s, expected F32 with %d dims in [1, 65536]",
-                       in->path, name, dtype_name(e->t.dtype),
-                       tensor_shape_str(e->t.shape, e->t.ndim, sh, sizeof sh), ndim);
-    memcpy(shape, e->t.shape, (size_t)ndim * sizeof *shape);
-    if (!(*out = g_try_new(float, e->t.nelem)))
-        return db_fail(err, DB_ERR_NOMEM, "%s: cannot allocate '%s'", in->path, name);
-    memcpy(*out, e->t.data, e->t.nelem * sizeof(float));
-    return DB_OK;
-}
-
-/* timestep: F32, F64, I64 or I32, [B], [1] or [] -> float [B] (diffusers: timesteps.float()). */
-static DbStatus read_timesteps(const SafetensorsFile *in, size_t B, float **out, DbError *err)
-{
-    const SafetensorsEntry *e = safetensors_find(in, "timestep");
-    char sh[128];
-    if (!e)
-        return db_fail(err, DB_ERR_ARG, "%s: no tensor 'timestep' (expected [B], [1] or [])",
-                       in->path);
-    const DbDtype dt = e->t.dtype;
-    if (!(e->t.ndim == 0 || (e->t.ndim == 1 && (e->t.shape[0] == (int64_t)B || e->t.shape[0] == 1))) ||
-        (dt != DB_DTYPE_F32 && dt != DB_DTYPE_F64 && dt != DB_DTYPE_I64 && dt != DB_DTYPE_I32))
-        return db_fail(err, DB_ERR_ARG, "%s: 'timestep' is %s %s, expected F32|F64|I64|I32 [%zu], "
-                       "[1] or []", in->path, dtype_name(dt),
-                       tensor_shape_str(e->t.shape, e->t.ndim, sh, sizeof sh), B);
-    float *t = g_new(float, B);
-    for (size_t b = 0; b < B; b++) {
-        const char *src = (const char *)e->t.data + (e->t.nelem == 1 ? 0 : b) * dtype_size(dt);
-        double v;
-        if (dt == DB_DTYPE_F32) {
-            float f;
-            memcpy(&f, src, 4);
-            v = f;
-        } else if (dt == DB_DTYPE_F64) {
-            memcpy(&v, src, 8);
-        } else if (dt == DB_DTYPE_I64) {
-            int64_t i;
-            memcpy(&i, src, 8);
-            v = (double)i;
-        } else {
-            int32_t i;
-            memcpy(&i, src, 4);
-            v = i;
-        }
-        t[b] = (float)v;
-    }
-    *out = t;
-    return DB_OK;
-}
 
 DbStatus cli_backward_unet(DbModel *m, const SafetensorsFile *in, SafetensorsWriter *out,
                            const TrainSpec *spec, const char *lora_init, int checkpointing,
@@ -91,9 +30,9 @@ DbStatus cli_backward_unet(DbModel *m, const SafetensorsFile *in, SafetensorsWri
     UnetParams *view = NULL;
     UnetTrain *tr = NULL;
     const int64_t mult = (int64_t)1 << (c->n_blocks - 1);
-    DbStatus st = read_f32(in, "sample", 4, ss, &sample, err);
-    if (st == DB_OK) st = read_f32(in, "encoder_hidden_states", 3, cs, &ctx, err);
-    if (st == DB_OK) st = read_f32(in, "grad_output", 4, gs, &dout, err);
+    DbStatus st = cli_read_f32(in, "sample", 4, ss, &sample, err);
+    if (st == DB_OK) st = cli_read_f32(in, "encoder_hidden_states", 3, cs, &ctx, err);
+    if (st == DB_OK) st = cli_read_f32(in, "grad_output", 4, gs, &dout, err);
     if (st == DB_OK && (ss[1] != c->in_channels || ss[2] % mult || ss[3] % mult || ss[0] > 1024 ||
                         ss[2] > 4096 || ss[3] > 4096))
         st = db_fail(err, DB_ERR_ARG, "%s: 'sample' must be [B <= 1024, %d, h, w] with h, w "
@@ -106,7 +45,7 @@ DbStatus cli_backward_unet(DbModel *m, const SafetensorsFile *in, SafetensorsWri
         st = db_fail(err, DB_ERR_ARG, "%s: 'grad_output' must be [%d, %d, %d, %d]", in->path,
                      (int)ss[0], c->out_channels, (int)ss[2], (int)ss[3]);
     const UnetDims d = {(size_t)ss[0], (size_t)ss[2], (size_t)ss[3], (size_t)cs[1]};
-    if (st == DB_OK) st = read_timesteps(in, d.B, &t, err);
+    if (st == DB_OK) st = cli_read_timesteps(in, d.B, &t, err);
     if (st == DB_OK) st = unet_state_build(&state, m, err);
     if (st == DB_OK) st = train_params_new(&tp, m, NET_UNET, spec, err);
     if (st == DB_OK && lora_init) st = train_params_load_lora(tp, lora_init, err);

@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "cli.h"
+#include "cli_io.h"
 #include "safetensors.h"
 
 typedef DbStatus (*ForwardFn)(DbModel *m, const SafetensorsFile *in, SafetensorsWriter *out,
@@ -20,52 +21,12 @@ typedef struct {
     const char *outputs;
 } ForwardNet;
 
-/* input_ids: I64 or I32 [B, 77] -> ids [B*77] (g_free). */
-static DbStatus read_ids(const SafetensorsFile *in, const char *name, int32_t **ids, int *batch,
-                         DbError *err)
-{
-    const SafetensorsEntry *e = safetensors_find(in, name);
-    if (!e)
-        return db_fail(err, DB_ERR_ARG, "%s: no tensor '%s' (expected I64 or I32 [B, %d])",
-                       in->path, name, DB_CONTEXT_LEN);
-    char sh[128];
-    if (e->t.ndim != 2 || e->t.shape[1] != DB_CONTEXT_LEN || e->t.shape[0] < 1 ||
-        e->t.shape[0] > 4096)
-        return db_fail(err, DB_ERR_ARG, "%s: '%s' has shape %s, expected [B, %d] with 1 <= B <= 4096",
-                       in->path, name, tensor_shape_str(e->t.shape, e->t.ndim, sh, sizeof sh),
-                       DB_CONTEXT_LEN);
-    if (e->t.dtype != DB_DTYPE_I64 && e->t.dtype != DB_DTYPE_I32)
-        return db_fail(err, DB_ERR_ARG, "%s: '%s' has dtype %s, expected I64 or I32", in->path,
-                       name, dtype_name(e->t.dtype));
-    size_t n = e->t.nelem;
-    int32_t *out = g_new(int32_t, n);
-    for (size_t i = 0; i < n; i++) {
-        int64_t v;
-        if (e->t.dtype == DB_DTYPE_I64) {
-            memcpy(&v, (const char *)e->t.data + 8 * i, 8);
-        } else {
-            int32_t v32;
-            memcpy(&v32, (const char *)e->t.data + 4 * i, 4);
-            v = v32;
-        }
-        if (v < 0 || v > INT32_MAX) {
-            g_free(out);
-            return db_fail(err, DB_ERR_ARG, "%s: '%s' holds id %" PRId64 " at [%zu, %zu], out of range",
-                           in->path, name, v, i / DB_CONTEXT_LEN, i % DB_CONTEXT_LEN);
-        }
-        out[i] = (int32_t)v;
-    }
-    *ids = out;
-    *batch = (int)e->t.shape[0];
-    return DB_OK;
-}
-
 static DbStatus run_text_encoder(DbModel *m, const SafetensorsFile *in, SafetensorsWriter *out,
                                  DbError *err)
 {
     int32_t *ids = NULL;
     int batch = 0;
-    DbStatus st = read_ids(in, "input_ids", &ids, &batch, err);
+    DbStatus st = cli_read_ids(in, 0, &ids, &batch, err);
     if (st != DB_OK) return st;
     DbModelInfo info;
     db_model_get_info(m, &info);
@@ -85,72 +46,6 @@ static DbStatus run_text_encoder(DbModel *m, const SafetensorsFile *in, Safetens
     return st;
 }
 
-/* An F32 tensor of ndim dims -> owned copy (g_free); shape into shape[]. */
-static DbStatus read_f32(const SafetensorsFile *in, const char *name, int ndim, int64_t *shape,
-                         float **out, DbError *err)
-{
-    const SafetensorsEntry *e = safetensors_find(in, name);
-    if (!e)
-        return db_fail(err, DB_ERR_ARG, "%s: no tensor '%s' (expected F32 with %d dims)", in->path,
-                       name, ndim);
-    char sh[128];
-    if (e->t.dtype != DB_DTYPE_F32 || e->t.ndim != ndim)
-        return db_fail(err, DB_ERR_ARG, "%s: '%s' is %s %s, expected F32 with %d dims", in->path,
-                       name, dtype_name(e->t.dtype),
-                       tensor_shape_str(e->t.shape, e->t.ndim, sh, sizeof sh), ndim);
-    for (int i = 0; i < ndim; i++) {
-        if (e->t.shape[i] < 1 || e->t.shape[i] > 65536)
-            return db_fail(err, DB_ERR_ARG, "%s: '%s' has shape %s, out of range", in->path, name,
-                           tensor_shape_str(e->t.shape, e->t.ndim, sh, sizeof sh));
-        shape[i] = e->t.shape[i];
-    }
-    float *buf = g_try_new(float, e->t.nelem ? e->t.nelem : 1);
-    if (!buf)
-        return db_fail(err, DB_ERR_NOMEM, "%s: cannot allocate '%s'", in->path, name);
-    memcpy(buf, e->t.data, e->t.nelem * sizeof(float));
-    *out = buf;
-    return DB_OK;
-}
-
-/* timestep: F32, F64, I64 or I32, shape [B], [1] or [] (broadcast to B) -> float [B]. */
-static DbStatus read_timesteps(const SafetensorsFile *in, int batch, float **out, DbError *err)
-{
-    const SafetensorsEntry *e = safetensors_find(in, "timestep");
-    if (!e)
-        return db_fail(err, DB_ERR_ARG, "%s: no tensor 'timestep' (expected [B], [1] or [])",
-                       in->path);
-    char sh[128];
-    if (!(e->t.ndim == 0 || (e->t.ndim == 1 && (e->t.shape[0] == batch || e->t.shape[0] == 1))))
-        return db_fail(err, DB_ERR_ARG, "%s: 'timestep' has shape %s, expected [%d], [1] or []",
-                       in->path, tensor_shape_str(e->t.shape, e->t.ndim, sh, sizeof sh), batch);
-    DbDtype dt = e->t.dtype;
-    if (dt != DB_DTYPE_F32 && dt != DB_DTYPE_F64 && dt != DB_DTYPE_I64 && dt != DB_DTYPE_I32)
-        return db_fail(err, DB_ERR_ARG, "%s: 'timestep' has dtype %s, expected F32, F64, I64 or I32",
-                       in->path, dtype_name(dt));
-    float *t = g_new(float, batch);
-    for (int b = 0; b < batch; b++) {
-        size_t i = e->t.nelem == 1 ? 0 : (size_t)b;
-        const char *src = (const char *)e->t.data + i * dtype_size(dt);
-        if (dt == DB_DTYPE_F32) {
-            memcpy(&t[b], src, 4);
-        } else if (dt == DB_DTYPE_F64) {
-            double v;
-            memcpy(&v, src, 8);
-            t[b] = (float)v; /* diffusers: timesteps.float() */
-        } else if (dt == DB_DTYPE_I64) {
-            int64_t v;
-            memcpy(&v, src, 8);
-            t[b] = (float)v;
-        } else {
-            int32_t v;
-            memcpy(&v, src, 4);
-            t[b] = (float)v;
-        }
-    }
-    *out = t;
-    return DB_OK;
-}
-
 static int progress_quiet(void *user, double fraction, const char *stage) { return 0; }
 
 static DbStatus run_unet(DbModel *m, const SafetensorsFile *in, SafetensorsWriter *out,
@@ -160,8 +55,8 @@ static DbStatus run_unet(DbModel *m, const SafetensorsFile *in, SafetensorsWrite
     db_model_get_info(m, &info);
     int64_t ss[4], cs[3];
     float *sample = NULL, *ctx = NULL, *t = NULL, *res = NULL;
-    DbStatus st = read_f32(in, "sample", 4, ss, &sample, err);
-    if (st == DB_OK) st = read_f32(in, "encoder_hidden_states", 3, cs, &ctx, err);
+    DbStatus st = cli_read_f32(in, "sample", 4, ss, &sample, err);
+    if (st == DB_OK) st = cli_read_f32(in, "encoder_hidden_states", 3, cs, &ctx, err);
     if (st == DB_OK && ss[1] != info.unet_in_channels)
         st = db_fail(err, DB_ERR_ARG, "%s: 'sample' has %d channels, the UNet takes %d", in->path,
                      (int)ss[1], info.unet_in_channels);
@@ -169,7 +64,7 @@ static DbStatus run_unet(DbModel *m, const SafetensorsFile *in, SafetensorsWrite
         st = db_fail(err, DB_ERR_ARG,
                      "%s: 'encoder_hidden_states' must be [%d, S, %d], got [%d, %d, %d]",
                      in->path, (int)ss[0], info.unet_cross_dim, (int)cs[0], (int)cs[1], (int)cs[2]);
-    if (st == DB_OK) st = read_timesteps(in, (int)ss[0], &t, err);
+    if (st == DB_OK) st = cli_read_timesteps(in, (size_t)ss[0], &t, err);
     const int oc = db_unet_out_channels(m);
     const size_t n = (size_t)ss[0] * (size_t)oc * (size_t)ss[2] * (size_t)ss[3];
     if (st == DB_OK && !(res = g_try_new(float, n)))
@@ -198,7 +93,7 @@ static DbStatus run_vae_encoder(DbModel *m, const SafetensorsFile *in, Safetenso
     db_vae_dims(m, &f, &cin, &z, &cout);
     int64_t s[4];
     float *img = NULL, *mean = NULL, *logvar = NULL;
-    DbStatus st = read_f32(in, "sample", 4, s, &img, err);
+    DbStatus st = cli_read_f32(in, "sample", 4, s, &img, err);
     if (st == DB_OK && (s[1] != cin || s[2] % f || s[3] % f))
         st = db_fail(err, DB_ERR_ARG, "%s: 'sample' must be [B, %d, H, W] with H, W multiples "
                      "of %d, got [%d, %d, %d, %d]", in->path, cin, f, (int)s[0], (int)s[1],
@@ -227,7 +122,7 @@ static DbStatus run_vae_decoder(DbModel *m, const SafetensorsFile *in, Safetenso
     db_vae_dims(m, &f, &cin, &z, &cout);
     int64_t s[4];
     float *lat = NULL, *img = NULL;
-    DbStatus st = read_f32(in, "latent", 4, s, &lat, err);
+    DbStatus st = cli_read_f32(in, "latent", 4, s, &lat, err);
     if (st == DB_OK && s[1] != z)
         st = db_fail(err, DB_ERR_ARG, "%s: 'latent' has %d channels, the VAE takes %d", in->path,
                      (int)s[1], z);
