@@ -462,7 +462,8 @@ DbStatus db_text_encoder_forward(DbModel *m, const int32_t *ids, int batch, floa
         }
     if (!m->text_state) {
         ClipState *s;
-        if ((st = clip_state_build(&s, m, err)) != DB_OK)
+        if ((st = model_check_finite(m, NET_TEXT, err)) != DB_OK ||
+            (st = clip_state_build(&s, m, err)) != DB_OK)
             return st;
         m->text_state = s;
     }

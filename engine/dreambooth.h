@@ -61,9 +61,13 @@ typedef struct {
 } DbModelOptions;
 
 /* Opens a diffusers folder or a single-file checkpoint (detected by content), reads
- * configs, maps and validates every tensor (name, shape, dtype) of every network. */
+ * configs, maps and validates every tensor (name, shape, dtype) of every network. Values
+ * are not read here: a network's weights are checked for NaN/Inf on its first use. */
 DbStatus db_model_open(DbModel **out, const char *path, const DbModelOptions *opts, DbError *err);
 void db_model_free(DbModel *m);
+/* Scans every weight for NaN/Inf now (each network is otherwise scanned on its first use, by
+ * the calls below); DB_ERR_MODEL names the file, the tensor and the element. */
+DbStatus db_model_check_weights(DbModel *m, DbError *err);
 
 typedef struct {
     DbFamily family;

@@ -3,9 +3,9 @@
  * the estimate is weights + the text encoder's widened copy + the largest call's one
  * allocation (each network call allocates once and frees at its end) + the caller's buffers +
  * a fixed base. Calls run one after another, so the work term is a max, not a sum.
- * db_model_open reads every weight of every network once (weights_check.c), so all of them
- * are resident after it, whichever network runs (they are file pages: reclaimable, but they
- * count in the peak RSS the estimate is checked against).
+ * A network's weights are read (NaN/Inf scan, weights_check.c) on its first use, so the
+ * mapped weights resident are those of the networks the task runs (file pages: reclaimable,
+ * but they count in the peak RSS the estimate is checked against).
  * SPDX-License-Identifier: GPL-3.0-or-later */
 #include "memory_estimate.h"
 
@@ -73,7 +73,9 @@ static uint64_t vae_bytes(const DbModel *m, const WeightSums *s, VaeSide side, s
                           const DbVaeOptions *o)
 {
     const VaeConfig *c = &m->vae;
-    const size_t f = (size_t)db_vae_scale_factor(m);
+    /* vae_acts_size and vae_col_size take image pixels for the encoder, latent pixels for
+     * the decoder */
+    const size_t f = side == VAE_ENCODER ? 1 : (size_t)db_vae_scale_factor(m);
     size_t tile = 0, acts = 0;
     if (!o || o->tile < 0) {
         size_t lim = o && o->max_bytes ? o->max_bytes : (size_t)2 << 30;
@@ -117,13 +119,13 @@ int db_estimate_memory(const DbModel *m, DbTask task, int batch, int width, int 
     const uint64_t all = s.bytes[NET_TEXT] + s.bytes[NET_UNET] + s.bytes[NET_VAE];
     switch (task) {
     case DB_TASK_TEXT_ENCODER:
-        est->weights = all;
+        est->weights = s.bytes[NET_TEXT];
         est->owned = s.widened[NET_TEXT];
         est->work = B * ctx * 8; /* clip_acts_size: a few [B, 77, D] and [B, 77, 4D] */
         est->buffers = B * ctx;
         break;
     case DB_TASK_UNET: /* width, height: latent size */
-        est->weights = all;
+        est->weights = s.bytes[NET_UNET];
         est->work = unet_bytes(m, &s, B, H, W);
         est->buffers = 4 * B * (2 * (uint64_t)m->unet.in_channels * H * W) + B * ctx;
         if (!est->work) return 0;
@@ -131,7 +133,7 @@ int db_estimate_memory(const DbModel *m, DbTask task, int batch, int width, int 
     case DB_TASK_VAE_ENCODE:
     case DB_TASK_VAE_DECODE:
         if (!f || H % f || W % f) return 0;
-        est->weights = all;
+        est->weights = s.bytes[NET_VAE];
         est->work = vae_bytes(m, &s, task == DB_TASK_VAE_ENCODE ? VAE_ENCODER : VAE_DECODER, H, W, vae);
         est->buffers = 4 * B * (3 * H * W + 2 * C * (H / f) * (W / f));
         if (!est->work) return 0;

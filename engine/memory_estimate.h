@@ -16,7 +16,7 @@ typedef enum {
 
 typedef struct {
     uint64_t bytes;           /* peak resident estimate, the total of: */
-    uint64_t weights;         /* mapped weight data: all of it (db_model_open checks every value) */
+    uint64_t weights;         /* mapped weight data of the networks the task runs */
     uint64_t owned;           /* widened copies kept by the model (text encoder F16/BF16) */
     uint64_t work;            /* the largest network call's activations and scratch */
     uint64_t buffers;         /* inputs/outputs held by the caller */

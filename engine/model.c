@@ -158,16 +158,13 @@ static int check_param(void *user, const char *name, int ndim, const int64_t *sh
     if (part >= 0) w->t.data = (const char *)t->data + (size_t)part * w->t.nbytes;
     w->file = from->path;
     w->src_name = e->name;
-    if ((c->st = weight_check_finite(w, c->err)) != DB_OK) { /* NaN/Inf: weights_check.c */
-        g_free(w);
-        return 1;
-    }
     if (g_hash_table_contains(c->m->weights, name)) {
         g_free(w);
         c->st = db_fail(c->err, DB_ERR_MODEL, "%s: canonical name %s used twice", c->where, name);
         return 1;
     }
     g_hash_table_insert(c->m->weights, g_strdup(name), w);
+    g_ptr_array_add(c->m->net_weights[c->net], g_strdup(name)); /* NaN/Inf scan: first use */
     c->m->n_params[c->net] += (int64_t)nelem;
     c->dtypes |= 1u << t->dtype;
     return 0;
@@ -480,6 +477,7 @@ DbStatus db_model_open(DbModel **out, const char *path, const DbModelOptions *op
     m->layout = layout;
     m->files = g_ptr_array_new_with_free_func((GDestroyNotify)safetensors_close);
     m->weights = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, weight_free);
+    for (int n = 0; n < NET_COUNT; n++) m->net_weights[n] = g_ptr_array_new_with_free_func(g_free);
     unsigned dtypes = 0;
     st = layout == DB_LAYOUT_DIFFUSERS ? open_diffusers(m, &dtypes, err) : open_single(m, &dtypes, err);
     if (st == DB_OK) st = find_prediction(m, opts, err);
@@ -497,6 +495,8 @@ void db_model_free(DbModel *m)
 {
     if (!m) return;
     clip_state_free(m->text_state);
+    for (int n = 0; n < NET_COUNT; n++)
+        if (m->net_weights[n]) g_ptr_array_free(m->net_weights[n], TRUE);
     if (m->weights) g_hash_table_destroy(m->weights);
     if (m->files) g_ptr_array_free(m->files, TRUE);
     if (m->tokenizer) clip_tokenizer_free(m->tokenizer);

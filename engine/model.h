@@ -77,7 +77,15 @@ struct DbModel {
     ClipTokenizer *tokenizer;
     char *tokenizer_source;
     void *text_state;     /* lazily built text-encoder weights/scratch (clip.c) */
+    void *net_weights[NET_COUNT]; /* GPtrArray of canonical names per network, in validation
+                                     order, for the NaN/Inf scan (names: a LoRA merge replaces
+                                     the DbWeight) */
+    unsigned finite_checked;      /* bit 1 << net: that network's weights were scanned */
 };
+
+/* weights_check.c: scans net's weights for NaN/Inf once (on the first call that runs it; a
+ * second call returns at once). DB_ERR_MODEL names the file, tensor and element. */
+DbStatus model_check_finite(DbModel *m, NetKind net, DbError *err);
 
 /* Canonical weight lookup; NULL when absent. Canonical names are the diffusers/transformers
  * state_dict names of each network without a network prefix ("conv_in.weight",

@@ -514,7 +514,8 @@ DbStatus db_unet_forward(DbModel *m, const float *sample, const float *timesteps
         return db_fail(err, DB_ERR_ARG, "UNet: context length %d is outside [1, %d]", seq,
                        UNET_MAX_SEQ);
     UnetState *s;
-    DbStatus st = unet_state_build(&s, m, err);
+    DbStatus st = model_check_finite(m, NET_UNET, err);
+    if (st == DB_OK) st = unet_state_build(&s, m, err);
     if (st != DB_OK)
         return st;
     const UnetDims d = {(size_t)batch, (size_t)h, (size_t)w, (size_t)seq};

@@ -267,6 +267,7 @@ DbStatus db_vae_encode(DbModel *m, const float *image, int batch, int height, in
                        DbProgressFn progress, void *user, DbError *err)
 {
     DbStatus st = check_args(m, image, mean, logvar, batch, height, width, "vae encoder", err);
+    if (st == DB_OK) st = model_check_finite(m, NET_VAE, err);
     if (st != DB_OK) return st;
     const int f = vae_scale(&m->vae);
     if (height % f || width % f || height > VAE_MAX_SIDE || width > VAE_MAX_SIDE)
@@ -282,6 +283,7 @@ DbStatus db_vae_decode(DbModel *m, const float *latent, int batch, int height, i
                        DbError *err)
 {
     DbStatus st = check_args(m, latent, image, image, batch, height, width, "vae decoder", err);
+    if (st == DB_OK) st = model_check_finite(m, NET_VAE, err);
     if (st != DB_OK) return st;
     const int f = vae_scale(&m->vae);
     if (height > VAE_MAX_SIDE / f || width > VAE_MAX_SIDE / f)

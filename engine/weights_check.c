@@ -1,6 +1,9 @@
 /* Value checks of weights: NaN or Inf anywhere in a weight turns every image black (or into
- * noise) without any other symptom, so db_model_open scans every weight it validates once and
- * names the first bad tensor. The scan tests the exponent bits only (all ones = Inf or NaN),
+ * noise) without any other symptom, so each network's weights are scanned once, on the first
+ * call that runs that network (model_check_finite; db_model_check_weights scans all three, as
+ * `dreambooth info` does), and the first bad tensor is named. Scanning at first use rather than
+ * at db_model_open keeps the other networks' pages out of memory (a VAE decode never touches
+ * the 1.7 GB of an fp16 UNet). The scan tests the exponent bits only (all ones = Inf or NaN),
  * byte-wise so it vectorises and needs no alignment: F32 s eeeeeeee m23 (little-endian bytes
  * b3 = s e7..e1, b2 = e0 m22..m16), F16 s eeeee m10 (b1 = s e4..e0 m9 m8), BF16 s eeeeeeee m7
  * (b1 = s e7..e1, b0 = e0 m6..m0). Cost: one read of the mapped file (~2 GB for SD 1.5 F32,
@@ -8,6 +11,7 @@
  * SPDX-License-Identifier: GPL-3.0-or-later */
 #include "weights.h"
 
+#include <glib.h>
 #include <math.h>
 #include <stdint.h>
 
@@ -63,4 +67,27 @@ DbStatus weight_check_finite(const DbWeight *w, DbError *err)
                    "%s: tensor %s holds %s at element %zu of %zu: the weights are damaged (they "
                    "would give black or noise images); re-download or re-convert the model",
                    w->file, w->src_name, is_nan ? "NaN" : "Inf", i, w->t.nelem);
+}
+
+DbStatus model_check_finite(DbModel *m, NetKind net, DbError *err)
+{
+    if (m->finite_checked & (1u << net)) return DB_OK;
+    GPtrArray *ws = m->net_weights[net];
+    for (guint i = 0; ws && i < ws->len; i++) {
+        const DbWeight *w = model_weight(m, g_ptr_array_index(ws, i));
+        DbStatus st = w ? weight_check_finite(w, err) : DB_OK;
+        if (st != DB_OK) return st;
+    }
+    m->finite_checked |= 1u << net;
+    return DB_OK;
+}
+
+DbStatus db_model_check_weights(DbModel *m, DbError *err)
+{
+    if (!m) return db_fail(err, DB_ERR_ARG, "db_model_check_weights: NULL model");
+    for (int n = 0; n < NET_COUNT; n++) {
+        DbStatus st = model_check_finite(m, (NetKind)n, err);
+        if (st != DB_OK) return st;
+    }
+    return DB_OK;
 }

@@ -99,6 +99,7 @@ static DbStatus run_text_encoder(DbModel *m, const SafetensorsFile *in, Safetens
     if (st == DB_OK && !(o->spec.params && o->spec.params[0]) && o->spec.lora_rank == 0)
         st = db_fail(err, DB_ERR_ARG, "text encoder: its input is token ids, so there is no "
                      "input gradient: give --params and/or --lora");
+    if (st == DB_OK) st = model_check_finite(m, NET_TEXT, err);
     if (st == DB_OK) st = clip_state_build(&state, m, err);
     if (st == DB_OK) st = train_params_new(&tp, m, NET_TEXT, &o->spec, err);
     if (st == DB_OK && o->lora_init) st = train_params_load_lora(tp, o->lora_init, err);

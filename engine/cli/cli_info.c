@@ -54,9 +54,12 @@ static void print_json(const char *path, const DbModelInfo *in)
 int cli_info(int argc, char **argv)
 {
     g_auto(CliModelOptions) mo = {0};
-    gboolean json = FALSE;
+    gboolean json = FALSE, check = FALSE;
     GOptionEntry entries[] = {
         {"json", 0, 0, G_OPTION_ARG_NONE, &json, "Print one JSON object", NULL},
+        {"check", 0, 0, G_OPTION_ARG_NONE, &check,
+         "Also read every weight and refuse NaN/Inf (other commands check each network on first use)",
+         NULL},
         G_OPTION_ENTRY_NULL};
     g_autoptr(GOptionContext) ctx = g_option_context_new("MODEL - describe a Stable Diffusion model");
     g_option_context_add_main_entries(ctx, entries, NULL);
@@ -68,6 +71,12 @@ int cli_info(int argc, char **argv)
     }
     DbModel *m = cli_open_model(argv[1], &mo);
     if (!m) return CLI_EXIT_FAIL;
+    DbError err = {0};
+    if (check && db_model_check_weights(m, &err) != DB_OK) {
+        cli_error("%s", err.msg);
+        db_model_free(m);
+        return CLI_EXIT_FAIL;
+    }
     DbModelInfo in;
     db_model_get_info(m, &in);
     if (json) {

@@ -48,11 +48,11 @@ def norm_shape(dims):
     return ",".join(str(int(d)) for d in dims)
 
 
-def run_case(cli, name, model, must_contain=(), shapes=(), any_of=()):
+def run_case(cli, name, model, must_contain=(), shapes=(), any_of=(), extra=()):
     """must_contain: substrings that must all appear (case-sensitive); shapes: dim lists that must
     appear (as [a, b], (a, b), a x b ...); any_of: groups of alternatives, one of each must appear."""
     try:
-        p = subprocess.run([cli, "info", model], capture_output=True, text=True, timeout=60)
+        p = subprocess.run([cli, "info", model, *extra], capture_output=True, text=True, timeout=60)
     except subprocess.TimeoutExpired:
         FAILS.append(name)
         print("FAIL %s: no answer in 60 s" % name)
@@ -119,8 +119,9 @@ def weights_file(d, net):
     raise RuntimeError("no weights in %s/%s" % (d, net))
 
 
-def nonfinite_cases(cli, work, base):
-    """NaN/Inf weights: refused at open with file, tensor and kind; max finite values load."""
+def nonfinite_cases(cli, work, base, tokenizer):
+    """NaN/Inf weights: refused by info --check (which scans all) and by generate (first use) with
+    file, tensor and kind; max finite values load."""
     models = {"F32": base}
     for dt in ("f16", "bf16"):
         d = os.path.join(work, "base-" + dt)
@@ -142,13 +143,24 @@ def nonfinite_cases(cli, work, base):
         wf = weights_file(d, net)
         poke(wf, tensor, idx, table[dt])
         run_case(cli, "%s %s in %s %s" % (word, dt, net, tensor), d,
-                 must_contain=[os.path.basename(wf), tensor, word])
+                 must_contain=[os.path.basename(wf), tensor, word], extra=["--check"])
+        if net == "unet":  # the first use of the network finds it too (generate does not run info)
+            png = os.path.join(d, "out.png")
+            p = subprocess.run([cli, "generate", d, "--tokenizer", tokenizer, "--prompt", "a photo", "--steps", "1",
+                                "--width", "64", "--height", "64", "--out", png],
+                               capture_output=True, text=True, timeout=120)
+            err = p.stderr.strip()
+            ok = p.returncode > 0 and tensor in err and word in err and not os.path.exists(png)
+            print("%s generate on %s %s in %s: exit %d %s" % ("ok  " if ok else "FAIL", word, dt, tensor,
+                                                            p.returncode, err[:200]))
+            if not ok:
+                FAILS.append("generate with %s in %s" % (word, tensor))
     for dt, d0 in models.items():  # the largest finite value is not a false positive
         d = os.path.join(work, "maxfinite-" + dt)
         shutil.rmtree(d, ignore_errors=True)
         shutil.copytree(d0, d)
         poke(weights_file(d, "unet"), "conv_out.weight", 2, MAX_FINITE[dt])
-        p = subprocess.run([cli, "info", d], capture_output=True, text=True, timeout=60)
+        p = subprocess.run([cli, "info", "--check", d], capture_output=True, text=True, timeout=60)
         ok = p.returncode == 0
         print("%s largest finite %s value loads: exit %d %s" % ("ok  " if ok else "FAIL", dt, p.returncode,
                                                               p.stderr.strip()[:200]))
@@ -160,6 +172,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--cli", required=True)
     ap.add_argument("--workdir")
+    ap.add_argument("--tokenizer", required=True, help="CLIP BPE vocabulary (.txt.gz) for generate")
     a = ap.parse_args()
     if not os.access(a.cli, os.X_OK):
         print("test_bad_models: FAIL: %s is not an executable" % a.cli)
@@ -274,7 +287,7 @@ def main():
         run_case(cli, "header not JSON", pth, must_contain=["not-json.safetensors"])
 
         # 8. NaN / Inf weights
-        nonfinite_cases(cli, work, base)
+        nonfinite_cases(cli, work, base, a.tokenizer)
 
         # 9. nothing there
         missing = os.path.join(work, "does-not-exist")
