@@ -23,6 +23,7 @@ typedef struct {
     uint64_t bytes[NET_COUNT];     /* stored bytes per network */
     uint64_t widened[NET_COUNT];   /* f32 bytes of non-F32 weights */
     uint64_t largest[NET_COUNT];   /* floats of the largest weight (widening scratch) */
+    uint64_t vae_side[2];          /* stored bytes of the VAE encoder / decoder (VaeSide) */
 } WeightSums;
 
 static NetKind net_of(const char *name)
@@ -44,6 +45,9 @@ static void sum_weights(const DbModel *m, WeightSums *s)
         const DbWeight *w = v;
         NetKind n = net_of(k);
         s->bytes[n] += w->t.nbytes;
+        if (n == NET_VAE) /* encoder.*, quant_conv.* / decoder.*, post_quant_conv.* */
+            s->vae_side[*(const char *)k == 'e' || *(const char *)k == 'q' ? VAE_ENCODER : VAE_DECODER] +=
+                w->t.nbytes;
         if (w->t.dtype != DB_DTYPE_F32) s->widened[n] += (uint64_t)w->t.nelem * 4;
         if (w->t.nelem > s->largest[n]) s->largest[n] = w->t.nelem;
     }
@@ -133,7 +137,7 @@ int db_estimate_memory(const DbModel *m, DbTask task, int batch, int width, int 
     case DB_TASK_VAE_ENCODE:
     case DB_TASK_VAE_DECODE:
         if (!f || H % f || W % f) return 0;
-        est->weights = s.bytes[NET_VAE];
+        est->weights = s.vae_side[task == DB_TASK_VAE_ENCODE ? VAE_ENCODER : VAE_DECODER];
         est->work = vae_bytes(m, &s, task == DB_TASK_VAE_ENCODE ? VAE_ENCODER : VAE_DECODER, H, W, vae);
         est->buffers = 4 * B * (3 * H * W + 2 * C * (H / f) * (W / f));
         if (!est->work) return 0;

@@ -172,54 +172,95 @@ DbStatus vae_params_build(VaeCoderParams *p, const DbModel *m, VaeSide side, DbE
 
 /* ---- Sizes -------------------------------------------------------------------------- */
 
-/* Largest [C, H, W] tensor any of the three rotating buffers holds (checked products). */
+/* Largest [C, H, W] tensor each of the three rotating buffers holds (checked products). */
 typedef struct {
-    size_t buf; /* floats */
+    size_t buf[3]; /* floats of x, y, t (a->buf[0..2]) */
     int overflow;
 } VaeSizes;
 
-static void track(VaeSizes *s, size_t c, size_t h, size_t w)
+/* The forwards below write three buffers x, y, t (a->buf[0..2]) and swap x and y after
+ * each block; vae_sizes replays that sequence to size each buffer to the largest tensor it
+ * ever holds (one size for all three wastes a whole 256-channel 512x512 plane). */
+static void track(VaeSizes *s, const int slot[3], int which, size_t c, size_t h, size_t w)
 {
     size_t n;
     if (!mul_ok(&n, c, h) || !mul_ok(&n, n, w)) {
         s->overflow = 1;
         return;
     }
-    if (n > s->buf) s->buf = n;
+    if (n > s->buf[slot[which]]) s->buf[slot[which]] = n;
 }
+
+enum { SX = 0, SY = 1, ST = 2 };
 
 static size_t max_sz(size_t a, size_t b) { return a > b ? a : b; }
 
+static void swap_xy(int slot[3])
+{
+    int k = slot[SX];
+    slot[SX] = slot[SY], slot[SY] = k;
+}
+
+/* vae_resnet_forward(y, t, x): out cout, tmp max(cin, cout) (norm1 of x, then norm2 and the
+ * shortcut); then the caller swaps x and y. */
+static void track_resnet(VaeSizes *s, int slot[3], size_t cin, size_t cout, size_t h, size_t w)
+{
+    track(s, slot, SY, cout, h, w);
+    track(s, slot, ST, max_sz(cin, cout), h, w);
+    swap_xy(slot);
+}
+
+/* vae_mid_forward(x, y, t): resnet into y, attention on y with x and t as scratch, resnet
+ * back into x (no swap at the end). */
+static void track_mid(VaeSizes *s, const int slot[3], size_t C, size_t h, size_t w)
+{
+    for (int i = 0; i < 3; i++)
+        track(s, slot, i, C, h, w);
+}
+
 static VaeSizes vae_sizes(const VaeConfig *c, VaeSide side, size_t H, size_t W)
 {
-    VaeSizes s = {0, 0};
-    const int n = c->n_blocks;
+    VaeSizes s = {{0, 0, 0}, 0};
+    int slot[3] = {0, 1, 2};
+    const int n = c->n_blocks, L = c->layers_per_block;
     const size_t z = (size_t)c->latent_channels, top = (size_t)c->block_out[n - 1];
     if (side == VAE_ENCODER) {
-        size_t out = (size_t)c->block_out[0];
-        track(&s, out, H, W);
+        size_t C = (size_t)c->block_out[0];
+        track(&s, slot, SX, C, H, W); /* conv_in */
         for (int b = 0; b < n; b++) {
-            size_t in = out;
-            out = (size_t)c->block_out[b];
-            track(&s, max_sz(in, out), H, W);
-            if (b < n - 1)
-                H /= 2, W /= 2;
-        }
-        track(&s, 2 * z, H, W);
-    } else {
-        track(&s, z, H, W);
-        track(&s, top, H, W);
-        size_t prev = top;
-        for (int b = 0; b < n; b++) {
-            size_t o = (size_t)c->block_out[n - 1 - b];
-            track(&s, max_sz(prev, o), H, W);
-            if (b < n - 1) {
-                H *= 2, W *= 2;
-                track(&s, o, H, W);
+            for (int j = 0; j < L; j++) {
+                track_resnet(&s, slot, C, (size_t)c->block_out[b], H, W);
+                C = (size_t)c->block_out[b];
             }
-            prev = o;
+            if (b < n - 1) { /* downsample into y, swap */
+                H /= 2, W /= 2;
+                track(&s, slot, SY, C, H, W);
+                swap_xy(slot);
+            }
         }
-        track(&s, (size_t)c->out_channels, H, W);
+        track_mid(&s, slot, C, H, W);
+        track(&s, slot, ST, C, H, W);     /* norm_out */
+        track(&s, slot, SY, 2 * z, H, W); /* conv_out */
+        track(&s, slot, SX, 2 * z, H, W); /* quant_conv */
+    } else {
+        size_t C = top;
+        track(&s, slot, SY, z, H, W); /* post_quant_conv */
+        track(&s, slot, SX, C, H, W); /* conv_in */
+        track_mid(&s, slot, C, H, W);
+        for (int b = 0; b < n; b++) {
+            for (int j = 0; j < L + 1; j++) { /* decoder up blocks: layers_per_block + 1 */
+                track_resnet(&s, slot, C, (size_t)c->block_out[n - 1 - b], H, W);
+                C = (size_t)c->block_out[n - 1 - b];
+            }
+            if (b < n - 1) { /* nearest 2x into t, conv into y, swap */
+                H *= 2, W *= 2;
+                track(&s, slot, ST, C, H, W);
+                track(&s, slot, SY, C, H, W);
+                swap_xy(slot);
+            }
+        }
+        track(&s, slot, ST, C, H, W);                          /* norm_out */
+        track(&s, slot, SY, (size_t)c->out_channels, H, W); /* conv_out */
     }
     return s;
 }
@@ -233,7 +274,8 @@ DbStatus vae_acts_size(size_t *nfloats, const VaeConfig *c, VaeSide side, size_t
     size_t attn, total, t;
     int ok = !s.overflow && mul_ok(&attn, h, w) &&
              mul_ok(&attn, attn, (size_t)c->block_out[c->n_blocks - 1]) &&
-             mul_ok(&total, s.buf, 3) && mul_ok(&t, attn, 3) &&
+             !__builtin_add_overflow(s.buf[0], s.buf[1], &total) &&
+             !__builtin_add_overflow(total, s.buf[2], &total) && mul_ok(&t, attn, 3) &&
              !__builtin_add_overflow(total, t, &total) && mul_ok(&t, total, sizeof(float));
     if (!ok)
         return db_fail(err, DB_ERR_NOMEM, "vae %s: activations for %zu x %zu are too large",
@@ -246,10 +288,10 @@ void vae_acts_carve(VaeActs *a, float *mem, const VaeConfig *c, VaeSide side, si
 {
     const size_t f = (size_t)vae_scale(c);
     const size_t h = side == VAE_ENCODER ? H / f : H, w = side == VAE_ENCODER ? W / f : W;
-    const size_t buf = vae_sizes(c, side, H, W).buf;
+    const VaeSizes s = vae_sizes(c, side, H, W);
     const size_t attn = h * w * (size_t)c->block_out[c->n_blocks - 1];
     for (int i = 0; i < 3; i++)
-        a->buf[i] = mem, mem += buf;
+        a->buf[i] = mem, mem += s.buf[i];
     a->q = mem, mem += attn;
     a->k = mem, mem += attn;
     a->v = mem;
