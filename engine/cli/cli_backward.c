@@ -37,10 +37,8 @@ typedef DbStatus (*BackwardFn)(DbModel *m, const SafetensorsFile *in, Safetensor
                                const BackwardOptions *o, DbError *err);
 
 typedef struct {
-    const char *name;
+    CliNetDoc doc; /* first: the cli_net_* helpers read the table through it */
     BackwardFn run;
-    const char *inputs;
-    const char *outputs;
 } BackwardNet;
 
 /* grad_output: F32 of exactly ndim/shape -> pointer into the mapping (copied to be aligned). */
@@ -142,12 +140,14 @@ static DbStatus run_unet(DbModel *m, const SafetensorsFile *in, SafetensorsWrite
 }
 
 static const BackwardNet nets[] = {
-    {"text-encoder", run_text_encoder, "input_ids I64|I32 [B,77], grad_output F32 [B,77,D]",
-     "last_hidden_state, grad.<param>"},
-    {"unet", run_unet,
-     "sample F32 [B,4,h,w], timestep [B]|[1]|[], encoder_hidden_states F32 [B,S,D], "
-     "grad_output F32 [B,4,h,w]",
-     "sample, grad.sample, grad.encoder_hidden_states, grad.<param>"},
+    {{"text-encoder", "input_ids I64|I32 [B,77], grad_output F32 [B,77,D]",
+      "last_hidden_state, grad.<param>"},
+     run_text_encoder},
+    {{"unet",
+      "sample F32 [B,4,h,w], timestep [B]|[1]|[], encoder_hidden_states F32 [B,S,D], "
+      "grad_output F32 [B,4,h,w]",
+      "sample, grad.sample, grad.encoder_hidden_states, grad.<param>"},
+     run_unet},
 };
 
 int cli_backward(int argc, char **argv)
@@ -157,8 +157,10 @@ int cli_backward(int argc, char **argv)
     g_autofree char *lora = NULL, *lora_init = NULL;
     gint64 seed = 0;
     gboolean no_ckpt = FALSE;
+    g_autofree char *names = cli_net_names(CLI_NET_TABLE(nets));
+    g_autofree char *net_help = g_strdup_printf("Network: %s", names);
     GOptionEntry entries[] = {
-        {"net", 0, 0, G_OPTION_ARG_STRING, &net, "Network: text-encoder, unet", "NET"},
+        {"net", 0, 0, G_OPTION_ARG_STRING, &net, net_help, "NET"},
         {"in", 0, 0, G_OPTION_ARG_FILENAME, &in_path, "Inputs and grad_output (.safetensors)", "IN"},
         {"out", 0, 0, G_OPTION_ARG_FILENAME, &out_path, "Output and gradients (.safetensors)", "OUT"},
         {"params", 0, 0, G_OPTION_ARG_STRING, &params,
@@ -175,24 +177,14 @@ int cli_backward(int argc, char **argv)
         g_option_context_new("MODEL - one forward and backward of one network (gradient tests)");
     g_option_context_add_main_entries(ctx, entries, NULL);
     cli_add_model_options(ctx, &mo);
-    GString *desc = g_string_new("Networks (inputs -> outputs):\n");
-    for (size_t i = 0; i < G_N_ELEMENTS(nets); i++)
-        g_string_append_printf(desc, "  %-14s %s -> %s\n", nets[i].name, nets[i].inputs,
-                               nets[i].outputs);
-    g_option_context_set_description(ctx, desc->str);
-    g_string_free(desc, TRUE);
+    cli_net_describe(ctx, CLI_NET_TABLE(nets));
     if (!cli_parse(ctx, &argc, &argv)) return CLI_EXIT_USAGE;
     if (argc != 2 || !net || !in_path || !out_path) {
         cli_error("backward needs MODEL, --net NET, --in IN.safetensors and --out OUT.safetensors");
         return CLI_EXIT_USAGE;
     }
-    const BackwardNet *spec = NULL;
-    for (size_t i = 0; i < G_N_ELEMENTS(nets); i++)
-        if (!strcmp(net, nets[i].name)) spec = &nets[i];
-    if (!spec) {
-        cli_error("--net: unknown network '%s' (available: text-encoder, unet)", net);
-        return CLI_EXIT_USAGE;
-    }
+    const BackwardNet *spec = cli_net_find(net, CLI_NET_TABLE(nets));
+    if (!spec) return CLI_EXIT_USAGE;
     DbError err;
     db_error_clear(&err);
     BackwardOptions o = {{params, 0, 0.0f, TRAIN_LORA_NONE, (uint64_t)seed}, lora_init, !no_ckpt};
@@ -216,7 +208,7 @@ int cli_backward(int argc, char **argv)
     }
     SafetensorsWriter *w = safetensors_writer_new();
     safetensors_writer_meta(w, "producer", "dreambooth backward");
-    safetensors_writer_meta(w, "net", spec->name);
+    safetensors_writer_meta(w, "net", spec->doc.name);
     DbStatus st = spec->run(m, in, w, &o, &err);
     if (st == DB_OK) st = safetensors_writer_save(w, out_path, &err);
     if (st != DB_OK) cli_error("%s", err.msg);

@@ -15,10 +15,8 @@ typedef DbStatus (*ForwardFn)(DbModel *m, const SafetensorsFile *in, Safetensors
                               DbError *err);
 
 typedef struct {
-    const char *name;
+    CliNetDoc doc; /* first: the cli_net_* helpers read the table through it */
     ForwardFn run;
-    const char *inputs;  /* for --help and messages */
-    const char *outputs;
 } ForwardNet;
 
 static DbStatus run_text_encoder(DbModel *m, const SafetensorsFile *in, SafetensorsWriter *out,
@@ -141,13 +139,16 @@ static DbStatus run_vae_decoder(DbModel *m, const SafetensorsFile *in, Safetenso
 }
 
 static const ForwardNet nets[] = {
-    {"text-encoder", run_text_encoder, "input_ids I64|I32 [B,77]", "last_hidden_state F32 [B,77,D]"},
-    {"unet", run_unet,
-     "sample F32 [B,4,h,w], timestep F32|F64|I64|I32 [B]|[1]|[], encoder_hidden_states F32 [B,S,D]",
-     "sample F32 [B,4,h,w]"},
-    {"vae-encoder", run_vae_encoder, "sample F32 [B,3,H,W] in [-1,1]",
-     "mean, logvar F32 [B,4,H/f,W/f] (unscaled)"},
-    {"vae-decoder", run_vae_decoder, "latent F32 [B,4,h,w] (unscaled)", "sample F32 [B,3,h*f,w*f]"},
+    {{"text-encoder", "input_ids I64|I32 [B,77]", "last_hidden_state F32 [B,77,D]"},
+     run_text_encoder},
+    {{"unet",
+      "sample F32 [B,4,h,w], timestep F32|F64|I64|I32 [B]|[1]|[], encoder_hidden_states F32 [B,S,D]",
+      "sample F32 [B,4,h,w]"},
+     run_unet},
+    {{"vae-encoder", "sample F32 [B,3,H,W] in [-1,1]", "mean, logvar F32 [B,4,H/f,W/f] (unscaled)"},
+     run_vae_encoder},
+    {{"vae-decoder", "latent F32 [B,4,h,w] (unscaled)", "sample F32 [B,3,h*f,w*f]"},
+     run_vae_decoder},
 };
 
 static gboolean force_memory = FALSE;
@@ -160,7 +161,7 @@ static int check_forward_memory(const DbModel *m, const ForwardNet *spec, const 
         {"vae-encoder", "sample", DB_TASK_VAE_ENCODE}, {"vae-decoder", "latent", DB_TASK_VAE_DECODE}};
     for (size_t i = 0; i < G_N_ELEMENTS(t); i++) {
         const SafetensorsEntry *e = safetensors_find(in, t[i].tensor);
-        if (strcmp(spec->name, t[i].net) || !e || e->t.ndim < 2) continue;
+        if (strcmp(spec->doc.name, t[i].net) || !e || e->t.ndim < 2) continue;
         int f = db_vae_scale_factor(m), nd = e->t.ndim;
         int64_t b = e->t.shape[0], h = nd == 4 ? e->t.shape[2] : 0, w = nd == 4 ? e->t.shape[3] : 0;
         if (b > 4096 || h > 65536 || w > 65536) return 0; /* read_* refuses these itself */
@@ -182,8 +183,10 @@ int cli_forward(int argc, char **argv)
     g_autofree char *net = NULL;
     g_autofree char *in_path = NULL;
     g_autofree char *out_path = NULL;
+    g_autofree char *names = cli_net_names(CLI_NET_TABLE(nets));
+    g_autofree char *net_help = g_strdup_printf("Network: %s", names);
     GOptionEntry entries[] = {
-        {"net", 0, 0, G_OPTION_ARG_STRING, &net, "Network: text-encoder, unet, vae-encoder, vae-decoder", "NET"},
+        {"net", 0, 0, G_OPTION_ARG_STRING, &net, net_help, "NET"},
         {"in", 0, 0, G_OPTION_ARG_FILENAME, &in_path, "Input tensors (.safetensors)", "IN"},
         {"out", 0, 0, G_OPTION_ARG_FILENAME, &out_path, "Output tensors (.safetensors)", "OUT"},
         {"tile", 0, 0, G_OPTION_ARG_INT, &vae_tile,
@@ -196,24 +199,14 @@ int cli_forward(int argc, char **argv)
         g_option_context_new("MODEL - run one network on inputs from a safetensors file");
     g_option_context_add_main_entries(ctx, entries, NULL);
     cli_add_model_options(ctx, &mo);
-    GString *desc = g_string_new("Networks (inputs -> outputs):\n");
-    for (size_t i = 0; i < G_N_ELEMENTS(nets); i++)
-        g_string_append_printf(desc, "  %-14s %s -> %s\n", nets[i].name, nets[i].inputs,
-                               nets[i].outputs);
-    g_option_context_set_description(ctx, desc->str);
-    g_string_free(desc, TRUE);
+    cli_net_describe(ctx, CLI_NET_TABLE(nets));
     if (!cli_parse(ctx, &argc, &argv)) return CLI_EXIT_USAGE;
     if (argc != 2 || !net || !in_path || !out_path) {
         cli_error("forward needs MODEL, --net NET, --in IN.safetensors and --out OUT.safetensors");
         return CLI_EXIT_USAGE;
     }
-    const ForwardNet *spec = NULL;
-    for (size_t i = 0; i < G_N_ELEMENTS(nets); i++)
-        if (!strcmp(net, nets[i].name)) spec = &nets[i];
-    if (!spec) {
-        cli_error("--net: unknown network '%s' (available: text-encoder, unet, vae-encoder, vae-decoder)", net);
-        return CLI_EXIT_USAGE;
-    }
+    const ForwardNet *spec = cli_net_find(net, CLI_NET_TABLE(nets));
+    if (!spec) return CLI_EXIT_USAGE;
     DbError err;
     db_error_clear(&err);
     SafetensorsFile *in = NULL;
@@ -233,7 +226,7 @@ int cli_forward(int argc, char **argv)
     }
     SafetensorsWriter *w = safetensors_writer_new();
     safetensors_writer_meta(w, "producer", "dreambooth forward");
-    safetensors_writer_meta(w, "net", spec->name);
+    safetensors_writer_meta(w, "net", spec->doc.name);
     DbStatus st = spec->run(m, in, w, &err);
     if (st == DB_OK) st = safetensors_writer_save(w, out_path, &err);
     if (st != DB_OK) cli_error("%s", err.msg);

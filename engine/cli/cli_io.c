@@ -1,6 +1,8 @@
 /* SPDX-License-Identifier: GPL-3.0-or-later */
 #include "cli_io.h"
 
+#include "cli.h"
+
 #include <glib.h>
 #include <inttypes.h>
 #include <string.h>
@@ -101,4 +103,39 @@ DbStatus cli_read_timesteps(const SafetensorsFile *in, size_t batch, float **out
     }
     *out = t;
     return DB_OK;
+}
+
+/* ---- network tables ---------------------------------------------------------------- */
+
+static const CliNetDoc *net_row(const void *rows, size_t stride, size_t i)
+{
+    return (const CliNetDoc *)((const char *)rows + i * stride);
+}
+
+char *cli_net_names(const void *rows, size_t stride, size_t n)
+{
+    GString *s = g_string_new(NULL);
+    for (size_t i = 0; i < n; i++)
+        g_string_append_printf(s, "%s%s", i ? ", " : "", net_row(rows, stride, i)->name);
+    return g_string_free(s, FALSE);
+}
+
+void cli_net_describe(GOptionContext *ctx, const void *rows, size_t stride, size_t n)
+{
+    GString *desc = g_string_new("Networks (inputs -> outputs):\n");
+    for (size_t i = 0; i < n; i++) {
+        const CliNetDoc *d = net_row(rows, stride, i);
+        g_string_append_printf(desc, "  %-14s %s -> %s\n", d->name, d->inputs, d->outputs);
+    }
+    g_option_context_set_description(ctx, desc->str);
+    g_string_free(desc, TRUE);
+}
+
+const void *cli_net_find(const char *name, const void *rows, size_t stride, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (!strcmp(name, net_row(rows, stride, i)->name)) return net_row(rows, stride, i);
+    g_autofree char *names = cli_net_names(rows, stride, n);
+    cli_error("--net: unknown network '%s' (available: %s)", name, names);
+    return NULL;
 }
