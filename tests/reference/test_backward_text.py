@@ -22,10 +22,7 @@ Tolerances, every tensor: relative L2 error ||c - ref|| / ||ref|| <= 1e-4 for gr
 import argparse
 import copy
 import os
-import shutil
-import subprocess
 import sys
-import tempfile
 
 try:
     import numpy as np
@@ -34,6 +31,8 @@ try:
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     import make_model
     import st_io
+    from harness import FAILS, fail, rel_err
+    import harness
 except ImportError as e:
     print("test_backward_text: FAIL: cannot import the reference (%s); /usr/bin/python3 with torch is required" % e)
     sys.exit(1)
@@ -44,17 +43,6 @@ RANK, ALPHA = 4, 8.0
 TARGETS = {"attn": ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.out_proj"),
            "transformer": ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj",
                            "self_attn.out_proj", "mlp.fc1", "mlp.fc2")}
-FAILS = []
-
-
-def fail(what):
-    FAILS.append(what)
-    print("FAIL " + what)
-
-
-def rel_err(got, ref):
-    got, ref = np.asarray(got, np.float64), np.asarray(ref, np.float64)
-    return float(np.linalg.norm(got - ref) / max(np.linalg.norm(ref), 1e-30))
 
 
 class LoraLinear(nn.Module):
@@ -116,13 +104,8 @@ def reference(te, ids, go, train=None, lora=None):
 
 
 def cli_backward(cli, model, work, tag, ids, go, extra):
-    inp, out = os.path.join(work, "in-%s.safetensors" % tag), os.path.join(work, "out-%s.safetensors" % tag)
-    st_io.save_file({"input_ids": ids, "grad_output": go}, inp)
-    p = subprocess.run([cli, "backward", model, "--net", "text-encoder", "--in", inp, "--out", out] + extra,
-                       capture_output=True, text=True, timeout=300)
-    if p.returncode != 0:
-        return None, "exit %d: %s" % (p.returncode, p.stderr.strip())
-    return st_io.load_file(out), None
+    return harness.run_net(cli, "backward", model, "text-encoder", {"input_ids": ids, "grad_output": go},
+                           work, extra, tag="-" + tag)
 
 
 def compare(name, got, ref_out, ref_grads):
@@ -216,26 +199,14 @@ def main():
     ap.add_argument("--cli", required=True)
     ap.add_argument("--workdir")
     a = ap.parse_args()
-    if not os.access(a.cli, os.X_OK):
-        print("test_backward_text: FAIL: %s is not an executable" % a.cli)
-        return 1
-    work = a.workdir or tempfile.mkdtemp(prefix="test_backward_text-")
-    os.makedirs(work, exist_ok=True)
     torch.set_num_threads(2)
-    try:
+
+    def body(work):
         for kind in ("tiny-sd1", "tiny-sd2"):
             for layout in ("diffusers", "single-file"):
                 for dtype in ("f32", "f16"):
                     run_case(a.cli, work, kind, layout, dtype)
-    except Exception as ex:
-        import traceback
-        traceback.print_exc()
-        FAILS.append("exception: %s" % ex)
-    finally:
-        if not a.workdir:
-            shutil.rmtree(work, ignore_errors=True)
-    print("test_backward_text: %s (%d failure(s))" % ("FAIL" if FAILS else "PASS", len(FAILS)))
-    return 1 if FAILS else 0
+    return harness.main("test_backward_text", a, body)
 
 
 if __name__ == "__main__":

@@ -22,10 +22,7 @@ Tolerances, every tensor: relative L2 error ||c - ref|| / ||ref|| <= 1e-4 for gr
 import argparse
 import copy
 import os
-import shutil
-import subprocess
 import sys
-import tempfile
 
 try:
     import numpy as np
@@ -35,6 +32,8 @@ try:
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     import make_model
     import st_io
+    from harness import FAILS, fail, rel_err
+    import harness
 except ImportError as e:
     print("test_backward_unet: FAIL: cannot import the reference (%s); /usr/bin/python3 with torch is required" % e)
     sys.exit(1)
@@ -43,17 +42,6 @@ TOL_GRAD = 1e-4
 TOL_OUT = 1e-5
 TOL_CKPT = 1e-6
 RANK, ALPHA = 4, 8.0
-FAILS = []
-
-
-def fail(what):
-    FAILS.append(what)
-    print("FAIL " + what)
-
-
-def rel_err(got, ref):
-    got, ref = np.asarray(got, np.float64), np.asarray(ref, np.float64)
-    return float(np.linalg.norm(got - ref) / max(np.linalg.norm(ref), 1e-30))
 
 
 class LoraLayer(nn.Module):
@@ -130,13 +118,8 @@ def reference(unet, inputs, go, train_all, lora=None):
 
 
 def cli_backward(cli, model, work, tag, inputs, go, extra):
-    inp, out = os.path.join(work, "in-%s.safetensors" % tag), os.path.join(work, "out-%s.safetensors" % tag)
-    st_io.save_file(dict(inputs, grad_output=go), inp)
-    p = subprocess.run([cli, "backward", model, "--net", "unet", "--in", inp, "--out", out] + extra,
-                       capture_output=True, text=True, timeout=300)
-    if p.returncode != 0:
-        return None, "exit %d: %s" % (p.returncode, p.stderr.strip())
-    return st_io.load_file(out), None
+    return harness.run_net(cli, "backward", model, "unet", dict(inputs, grad_output=go), work, extra,
+                           tag="-" + tag)
 
 
 def block_of(k):
@@ -242,26 +225,14 @@ def main():
     ap.add_argument("--cli", required=True)
     ap.add_argument("--workdir")
     a = ap.parse_args()
-    if not os.access(a.cli, os.X_OK):
-        print("test_backward_unet: FAIL: %s is not an executable" % a.cli)
-        return 1
-    work = a.workdir or tempfile.mkdtemp(prefix="test_backward_unet-")
-    os.makedirs(work, exist_ok=True)
     torch.set_num_threads(2)
-    try:
+
+    def body(work):
         run_case(a.cli, work, "tiny-sd1", "diffusers", "f32", ("attn",), True)
         run_case(a.cli, work, "tiny-sd1", "single-file", "f16", ("conv",), False)
         run_case(a.cli, work, "tiny-sd2", "diffusers", "f16", ("transformer",), False)
         run_case(a.cli, work, "tiny-sd2", "single-file", "f32", (), False)
-    except Exception as ex:
-        import traceback
-        traceback.print_exc()
-        FAILS.append("exception: %s" % ex)
-    finally:
-        if not a.workdir:
-            shutil.rmtree(work, ignore_errors=True)
-    print("test_backward_unet: %s (%d failure(s))" % ("FAIL" if FAILS else "PASS", len(FAILS)))
-    return 1 if FAILS else 0
+    return harness.main("test_backward_unet", a, body)
 
 
 if __name__ == "__main__":

@@ -20,10 +20,8 @@ is missing).
 """
 import argparse
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
 
 try:
     import numpy as np
@@ -32,6 +30,8 @@ try:
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     import make_model
     import st_io
+    from harness import fail, rel_err
+    import harness
     import tokenizer_ref
 except ImportError as e:
     print("test_text_encoder: FAIL: cannot import the reference (%s); /usr/bin/python3 with torch is required" % e)
@@ -44,17 +44,6 @@ PROMPTS = [
     "A PHOTO of  the Eiffel-tower's   top, at 3pm; caf\u00e9 &amp; cr\u00e8me br\u00fbl\u00e9e \U0001F415!! "
     + "and some more words to overflow the context " * 8,
 ]
-FAILS = []
-
-
-def fail(what):
-    FAILS.append(what)
-    print("FAIL " + what)
-
-
-def rel_err(got, ref):
-    got, ref = np.asarray(got, np.float64), np.asarray(ref, np.float64)
-    return float(np.linalg.norm(got - ref) / max(np.linalg.norm(ref), 1e-30))
 
 
 _TOK = {}
@@ -81,19 +70,9 @@ def cli_tokenize(cli, model, prompts, tok_opt):
 
 
 def cli_forward(cli, model, ids, dtype, tok_opt, work):
-    inp, out = os.path.join(work, "in.safetensors"), os.path.join(work, "out.safetensors")
-    if os.path.exists(out):
-        os.remove(out)
-    st_io.save_file({"input_ids": ids.astype(dtype)}, inp)
-    p = subprocess.run([cli, "forward", model, "--net", "text-encoder", "--in", inp, "--out", out] + tok_opt,
-                       capture_output=True, text=True, timeout=300)
-    if p.returncode != 0:
-        return None, "exit %d: %s" % (p.returncode, p.stderr.strip())
-    hdr, _, _ = st_io.read_header(out)
-    e = hdr.get("last_hidden_state")
-    if e is None or e["dtype"] != "F32":
-        return None, "output has no F32 last_hidden_state: %s" % {k: v["dtype"] for k, v in hdr.items()}
-    return st_io.load_file(out)["last_hidden_state"], None
+    outs, err = harness.run_net(cli, "forward", model, "text-encoder", {"input_ids": ids.astype(dtype)},
+                                work, tok_opt, want_f32=("last_hidden_state",))
+    return (outs["last_hidden_state"], None) if outs else (None, err)
 
 
 def openclip_forward(path, ids, cfg):
@@ -177,15 +156,11 @@ def main():
     ap.add_argument("--bpe", required=True)
     ap.add_argument("--workdir")
     a = ap.parse_args()
-    if not os.access(a.cli, os.X_OK):
-        print("test_text_encoder: FAIL: %s is not an executable" % a.cli)
-        return 1
     if not os.path.exists(a.bpe):
         print("test_text_encoder: FAIL: missing fixture %s" % a.bpe)
         return 1
-    work = a.workdir or tempfile.mkdtemp(prefix="test_text_encoder-")
-    os.makedirs(work, exist_ok=True)
-    try:
+
+    def body(work):
         for kind in ("tiny-sd1", "tiny-sd2"):
             for dtype in ("f32", "f16"):
                 dm = run_case(a.cli, a.bpe, work, kind, "diffusers", dtype, None)
@@ -198,15 +173,7 @@ def main():
         # as diffusers' conversion script writes single files: SD2 keeps only diffusers' blocks
         for kind in ("tiny-sd1", "tiny-sd2"):
             run_case(a.cli, a.bpe, work, kind, "single-file", "f16", a.bpe, converted=True)
-    except Exception as ex:
-        import traceback
-        traceback.print_exc()
-        FAILS.append("exception: %s" % ex)
-    finally:
-        if not a.workdir:
-            shutil.rmtree(work, ignore_errors=True)
-    print("test_text_encoder: %s (%d failure(s))" % ("FAIL" if FAILS else "PASS", len(FAILS)))
-    return 1 if FAILS else 0
+    return harness.main("test_text_encoder", a, body)
 
 
 if __name__ == "__main__":

@@ -22,10 +22,7 @@ accepted for symmetry with the other reference tests and not needed.
 """
 import argparse
 import os
-import shutil
-import subprocess
 import sys
-import tempfile
 
 try:
     import numpy as np
@@ -33,42 +30,20 @@ try:
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     import make_model
     import sd_configs
-    import st_io
+    from harness import fail, rel_err
+    import harness
 except ImportError as e:
     print("test_unet: FAIL: cannot import the reference (%s); /usr/bin/python3 with torch is required" % e)
     sys.exit(1)
 
 TOL = 1e-5  # relative L2 error of the output sample, every case
-FAILS = []
-
-
-def fail(what):
-    FAILS.append(what)
-    print("FAIL " + what)
-
-
-def rel_err(got, ref):
-    got, ref = np.asarray(got, np.float64), np.asarray(ref, np.float64)
-    return float(np.linalg.norm(got - ref) / max(np.linalg.norm(ref), 1e-30))
 
 
 def cli_unet(cli, model, tensors, work, threads=None):
     """Runs forward --net unet; returns (sample, None) or (None, error)."""
-    inp, out = os.path.join(work, "in.safetensors"), os.path.join(work, "out.safetensors")
-    if os.path.exists(out):
-        os.remove(out)
-    st_io.save_file(tensors, inp)
-    cmd = [cli, "forward", model, "--net", "unet", "--in", inp, "--out", out]
-    if threads:
-        cmd += ["--threads", str(threads)]
-    p = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-    if p.returncode != 0:
-        return None, "exit %d: %s" % (p.returncode, p.stderr.strip())
-    hdr, _, _ = st_io.read_header(out)
-    e = hdr.get("sample")
-    if e is None or e["dtype"] != "F32":
-        return None, "output has no F32 sample: %s" % {k: v["dtype"] for k, v in hdr.items()}
-    return st_io.load_file(out)["sample"], None
+    outs, err = harness.run_net(cli, "forward", model, "unet", tensors, work,
+                                ["--threads", str(threads)] if threads else [], want_f32=("sample",))
+    return (outs["sample"], None) if outs else (None, err)
 
 
 def cases(cross_dim):
@@ -206,28 +181,16 @@ def main():
     ap.add_argument("--bpe")
     ap.add_argument("--workdir")
     a = ap.parse_args()
-    if not os.access(a.cli, os.X_OK):
-        print("test_unet: FAIL: %s is not an executable" % a.cli)
-        return 1
-    work = a.workdir or tempfile.mkdtemp(prefix="test_unet-")
-    os.makedirs(work, exist_ok=True)
     torch.set_num_threads(1)
-    try:
+
+    def body(work):
         for kind in ("tiny-sd1", "tiny-sd2"):
             for layout in ("diffusers", "single-file"):
                 for dtype in ("f32", "f16"):
                     run_case(a.cli, work, kind, layout, dtype)
             run_case(a.cli, work, kind, "single-file", "bf16")
         check_api(a.cli, work)
-    except Exception as ex:
-        import traceback
-        traceback.print_exc()
-        FAILS.append("exception: %s" % ex)
-    finally:
-        if not a.workdir:
-            shutil.rmtree(work, ignore_errors=True)
-    print("test_unet: %s (%d failure(s))" % ("FAIL" if FAILS else "PASS", len(FAILS)))
-    return 1 if FAILS else 0
+    return harness.main("test_unet", a, body)
 
 
 if __name__ == "__main__":

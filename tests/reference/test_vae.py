@@ -19,19 +19,17 @@ Tiled (`--tile N`, tiles smaller than the input): the same tiles and linear blen
 Exit status 1 on any failure (also when torch is missing).
 """
 import argparse
-import math
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
 
 try:
     import numpy as np
     import torch
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     import make_model
-    import st_io
+    from harness import fail, rel_err
+    import harness
 except ImportError as e:
     print("test_vae: FAIL: cannot import the reference (%s); /usr/bin/python3 with torch is required" % e)
     sys.exit(1)
@@ -39,29 +37,12 @@ except ImportError as e:
 TOL = 1e-5               # relative L2 error, every output of every untiled and tiled case
 TILED_VS_UNTILED = 0.75  # tiled vs untiled rel L2 diff allowed: tiny random nets with tiny
                          # tiles differ by 0.2-0.5 (tests/bench/vae_compare.py measures the SD VAE)
-FAILS = []
-
-
-def fail(what):
-    FAILS.append(what)
-    print("FAIL " + what)
-
-
-def rel_err(got, ref):
-    got, ref = np.asarray(got, np.float64), np.asarray(ref, np.float64)
-    return float(np.linalg.norm(got - ref) / max(np.linalg.norm(ref), 1e-30))
 
 
 def cli_run(cli, model, net, inputs, work, extra=()):
-    inp, out = os.path.join(work, "in.safetensors"), os.path.join(work, "out.safetensors")
-    if os.path.exists(out):
-        os.remove(out)
-    st_io.save_file({k: np.ascontiguousarray(v, dtype=np.float32) for k, v in inputs.items()}, inp)
-    p = subprocess.run([cli, "forward", model, "--net", net, "--in", inp, "--out", out] + list(extra),
-                       capture_output=True, text=True, timeout=300)
-    if p.returncode != 0:
-        return None, "exit %d: %s" % (p.returncode, p.stderr.strip())
-    return st_io.load_file(out), None
+    return harness.run_net(cli, "forward", model, net,
+                           {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in inputs.items()},
+                           work, extra)
 
 
 def check(name, got, ref, tol=TOL):
@@ -234,14 +215,10 @@ def main():
     ap.add_argument("--api", help="test_vae_api executable")
     ap.add_argument("--workdir")
     a = ap.parse_args()
-    if not os.access(a.cli, os.X_OK):
-        print("test_vae: FAIL: %s is not an executable" % a.cli)
-        return 1
-    work = a.workdir or tempfile.mkdtemp(prefix="test_vae-")
-    os.makedirs(work, exist_ok=True)
     g = np.random.default_rng(3)
     torch.set_num_threads(2)
-    try:
+
+    def body(work):
         for kind in ("tiny-sd1", "tiny-sd2"):
             for layout in ("diffusers", "single-file"):
                 for dtype in ("f32", "f16"):
@@ -249,15 +226,7 @@ def main():
                     run_model(a.cli, work, kind, layout, dtype, g, tiled=first,
                               api=a.api if first else None)
         run_model(a.cli, work, "tiny-sd2", "single-file", "bf16", g)
-    except Exception as ex:
-        import traceback
-        traceback.print_exc()
-        FAILS.append("exception: %s" % ex)
-    finally:
-        if not a.workdir:
-            shutil.rmtree(work, ignore_errors=True)
-    print("test_vae: %s (%d failure(s))" % ("FAIL" if FAILS else "PASS", len(FAILS)))
-    return 1 if FAILS else 0
+    return harness.main("test_vae", a, body)
 
 
 if __name__ == "__main__":
