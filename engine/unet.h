@@ -15,6 +15,8 @@
 #include "model.h"
 #include "train_params.h"
 
+#include <stdint.h>
+
 #define UNET_MAX_LAYERS 16 /* layers_per_block (config range); up blocks have one more */
 
 /* A linear layer or a conv: weight [OC, IC] or [OC, IC, K, K] as in the file (widened on
@@ -216,20 +218,46 @@ DbStatus unet_forward(float *out, UnetActs *a, const UnetWork *wk, const float *
 /* ---- training: forward that keeps block inputs, backward (unet_backward.c) ----
  * One UnetTrain holds the plan (the forward's list of blocks) and one allocation for a
  * batch shape: every block's output (= the next block's input; skips included), their
- * gradients, and the block internals: with checkpointing one buffer sized to the largest
- * block, reused (backward recomputes each block's train_forward right before its backward);
- * without, every block's internals kept from the forward. Both give the same gradients. */
+ * gradients, and the block internals. act_budget (bytes) bounds the internals kept from the
+ * forward: the blocks that save the most recompute FLOPs per byte are kept (own regions), the
+ * others share one region sized to the largest of them and are recomputed right before their
+ * backward (checkpointing). UNET_CKPT_ALL (0): every block recomputed (smallest memory; a
+ * block without internals, e.g. a downsampler without LoRA, is always kept);
+ * UNET_CKPT_NONE (SIZE_MAX): every block kept. All budgets give identical gradients. */
+#define UNET_CKPT_ALL ((size_t)0)
+#define UNET_CKPT_NONE SIZE_MAX
 typedef struct UnetTrain UnetTrain;
 DbStatus unet_train_new(UnetTrain **out, const UnetParams *view, const UnetConfig *c,
                         const UnetDims *d, size_t lora_rank, size_t wscratch_floats,
-                        int checkpointing, DbError *err);
+                        size_t act_budget, DbError *err);
+/* *bytes = the allocation unet_train_new would make with these arguments (nothing allocated
+ * but the plan). */
+DbStatus unet_train_size(size_t *bytes, const UnetParams *view, const UnetConfig *c,
+                         const UnetDims *d, size_t lora_rank, size_t wscratch_floats,
+                         size_t act_budget, DbError *err);
+/* An act_budget for a process that must stay under limit_bytes: limit_bytes - resident_bytes
+ * - fixed_bytes - limit_bytes / 16 (headroom: malloc, thread stacks, BLAS buffers), 0 when
+ * that is negative. resident_bytes: what the process holds besides the UnetTrain (the mapped
+ * UNet weights it reads, the widened 1-D weights, trainable parameters, gradients and optimizer
+ * state, inputs); fixed_bytes: unet_train_size with UNET_CKPT_ALL. The kept internals then
+ * come on top of the all-checkpointed allocation (whose shared region can only shrink). */
+size_t unet_train_default_budget(size_t limit_bytes, size_t resident_bytes, size_t fixed_bytes);
+/* The plan's numbers: steps, kept steps, their bytes, the shared region's bytes, and the
+ * earliest step holding a trainable tensor (n_steps: none). */
+typedef struct {
+    int n_steps, n_kept, first_train;
+    size_t kept_bytes, shared_bytes;
+} UnetTrainInfo;
+void unet_train_info(const UnetTrain *t, UnetTrainInfo *info);
 size_t unet_train_floats(const UnetTrain *t); /* floats of its allocation */
 /* out [B, Cout, H, W] of sample [B, Cin, H, W], timesteps [B], ctx [B, S, X]; the three inputs
  * must stay alive and unchanged until unet_train_backward. */
 DbStatus unet_train_forward(UnetTrain *t, float *out, const float *sample, const float *timesteps,
                             const float *ctx, DbError *err);
 /* With dout [B, Cout, H, W] = d loss / d out: accumulates the view's parameter gradients and
- * dsample [B, Cin, H, W], dctx [B, S, X] (either may be NULL). */
+ * dsample [B, Cin, H, W], dctx [B, S, X] (either may be NULL). With both NULL and neither the
+ * time-embedding MLP nor conv_in trainable, the blocks below the earliest trainable one are
+ * neither recomputed nor run backward (with dctx: below the earliest transformer too). */
 DbStatus unet_train_backward(UnetTrain *t, float *dsample, float *dctx, const float *dout,
                              DbError *err);
 void unet_train_free(UnetTrain *t);

@@ -12,11 +12,25 @@
  * its producer's backward runs, since both readers come later in the forward. Gradients of
  * the shared inputs: dtemb [B, T] (every resnet's time_emb_proj) flows into linear_2/linear_1;
  * dctx [B, S, X] sums the cross-attention K/V gradients of every transformer.
+ *
+ * Selective checkpointing (unet_train_new's budget): a step is either "kept" (its internals
+ * have their own region of the acts buffer, written by the forward and read by the backward)
+ * or checkpointed (its internals go to one shared region sized to the largest checkpointed
+ * step and are recomputed by step_forward right before its backward). Steps are kept
+ * greedily by recompute FLOPs saved per byte of internals (step_flops / acts bytes) while the
+ * kept bytes fit the budget; steps no gradient can reach in a plain LoRA/partial step (below
+ * the earliest trainable one) come last. Both kinds give the same gradients: same kernels,
+ * same order.
+ *
+ * Skipped work: without dsample and dctx, the backward stops at the earliest step holding a
+ * trainable tensor (first_train), unless the time-embedding MLP or conv_in are trainable; that
+ * step gets no input gradient. With dctx, it runs down to the first transformer as well.
  * SPDX-License-Identifier: GPL-3.0-or-later */
 #include "unet.h"
 
 #include "kernels.h"
 
+#include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -29,7 +43,10 @@ typedef struct {
     size_t h, w;        /* input size */
     size_t cin, cx;     /* input channels (a cat: cx from x_in, cin - cx from the skip) */
     int in, skip, out;  /* tensor ids; skip -1: none */
-    size_t acts_off;    /* into the internals (no checkpointing) */
+    int keep;           /* internals kept from the forward (else recomputed) */
+    size_t acts_n;      /* floats of its internals */
+    size_t acts_off;    /* into the kept internals (keep) */
+    double flops;       /* step_flops */
 } Step;
 
 #define MAX_STEPS (DB_MAX_BLOCKS * (4 * UNET_MAX_LAYERS + 6) + 3)
@@ -40,8 +57,12 @@ struct UnetTrain {
     const UnetConfig *c;
     UnetDims d;
     size_t R;
-    int checkpointing;
     Step step[MAX_STEPS];
+    int first_train, first_attn; /* earliest step with a trainable tensor / a transformer
+                                    (n_step: none) */
+    int all_needed;              /* time MLP or conv_in trainable: every step runs */
+    int n_kept;
+    size_t kept_floats, shared_floats;
     int n_step, n_tensor;
     float *x[MAX_TENSORS], *dx[MAX_TENSORS];
     size_t n[MAX_TENSORS];
@@ -49,7 +70,7 @@ struct UnetTrain {
     size_t total;
     /* regions of mem */
     float *t_sin, *t_h1, *t_h1a, *t_h2, *temb, *dtemb, *dt_a, *dt_b;
-    float *cat, *dcat, *gn_mean, *gn_rstd, *nout, *dnout, *acts, *scratch;
+    float *cat, *dcat, *gn_mean, *gn_rstd, *nout, *dnout, *acts, *shared, *scratch;
     UnetWork wk;
     const float *sample, *timesteps, *ctx;
 };
@@ -146,9 +167,75 @@ static void step_sizes(const UnetTrain *t, const Step *s, size_t *acts, size_t *
     }
 }
 
+/* Recompute cost of step s: multiply-adds x 2 of its matrix products (norms, activations and
+ * copies are O(elements) and left out). N = B*H*W pixels of the input, Ci/Co channels:
+ *   resnet       2 N 9 Ci Co (conv1) + 2 N 9 Co^2 (conv2) + 2 N Ci Co (1x1 shortcut, Ci != Co)
+ *                + 2 B T Co (time projection)
+ *   transformer  C channels, S context tokens of width X, P = H*W:
+ *                2 N C^2 (2 proj + 4 self q/k/v/out + 2 cross q/out + 8 GEGLU in + 4 ff out)
+ *                + 4 B P^2 C (self QK^T, AV) + 4 N S C (cross QK^T, AV) + 4 B S X C (cross K, V)
+ *   downsample   2 (N/4) 9 C^2;   upsample  2 (4N) 9 C^2 */
+static double step_flops(const UnetTrain *t, const Step *s)
+{
+    const double B = (double)t->d.B, P = (double)(s->h * s->w), N = B * P, Ci = (double)s->cin;
+    switch (s->kind) {
+    case STEP_RES: {
+        const double Co = (double)((const UnetResnet *)s->p)->cout;
+        const double T = (double)t->c->time_embed_dim;
+        return 2 * N * 9 * Ci * Co + 2 * N * 9 * Co * Co + (Ci != Co ? 2 * N * Ci * Co : 0) +
+               2 * B * T * Co;
+    }
+    case STEP_ATTN: {
+        const double S = (double)t->d.S, X = (double)t->c->cross_dim;
+        return 2 * N * Ci * Ci * 20 + 4 * B * P * P * Ci + 4 * N * S * Ci + 4 * B * S * X * Ci;
+    }
+    case STEP_DOWN:
+        return 2 * (N / 4) * 9 * Ci * Ci;
+    case STEP_UP:
+        return 2 * (4 * N) * 9 * Ci * Ci;
+    }
+    return 0;
+}
+
+/* Whether a block holds a tensor that gets a gradient (dw/db, or a LoRA adapter). */
+static int lin_trainable(const UnetLin *l) { return l->dw || l->db || l->lora.down; }
+static int norm_trainable(const UnetNorm *n) { return n->dw || n->db; }
+
+static int resnet_trainable(const UnetResnet *r)
+{
+    return norm_trainable(&r->norm1) || norm_trainable(&r->norm2) || lin_trainable(&r->conv1) ||
+           lin_trainable(&r->time_emb_proj) || lin_trainable(&r->conv2) ||
+           lin_trainable(&r->conv_shortcut);
+}
+
+static int transformer_trainable(const UnetTransformer *a)
+{
+    const UnetLin *lin[] = {&a->proj_in, &a->q1, &a->k1, &a->v1, &a->o1, &a->q2,
+                            &a->k2, &a->v2, &a->o2, &a->ff_in, &a->ff_out, &a->proj_out};
+    const UnetNorm *nrm[] = {&a->norm, &a->norm1, &a->norm2, &a->norm3};
+    int any = 0;
+    for (size_t i = 0; i < sizeof lin / sizeof lin[0]; i++)
+        any |= lin_trainable(lin[i]);
+    for (size_t i = 0; i < sizeof nrm / sizeof nrm[0]; i++)
+        any |= norm_trainable(nrm[i]);
+    return any;
+}
+
+static int step_trainable(const Step *s)
+{
+    switch (s->kind) {
+    case STEP_RES:
+        return resnet_trainable(s->p);
+    case STEP_ATTN:
+        return transformer_trainable(s->p);
+    default:
+        return lin_trainable(s->p);
+    }
+}
+
 static float *step_acts(const UnetTrain *t, const Step *s)
 {
-    return t->checkpointing ? t->acts : t->acts + s->acts_off;
+    return s->keep ? t->acts + s->acts_off : t->shared;
 }
 
 /* Runs step s forward, saving its internals; an up-block resnet first builds its cat. */
@@ -179,27 +266,30 @@ static int step_forward(UnetTrain *t, const Step *s)
     return 0;
 }
 
-static int step_backward(UnetTrain *t, const Step *s, float *dctx)
+/* Backward of step s; need_din 0: no input gradient (nothing below needs one). */
+static int step_backward(UnetTrain *t, const Step *s, float *dctx, int need_din)
 {
     const size_t B = t->d.B, G = (size_t)t->c->norm_groups, T = (size_t)t->c->time_embed_dim;
     const size_t X = (size_t)t->c->cross_dim, R = t->R;
     const float *acts = step_acts(t, s), *dout = t->dx[s->out], *in = t->x[s->in];
-    float *din = t->dx[s->in];
+    float *din = need_din ? t->dx[s->in] : NULL;
     int rc = 0;
     switch (s->kind) {
     case STEP_RES:
         if (s->skip < 0)
             return unet_resnet_backward(din, t->dtemb, acts, dout, in, t->temb, s->p, &t->wk,
                                         t->scratch, B, s->h, s->w, T, G, R);
-        /* the cat was rebuilt by step_forward (checkpointing) or is rebuilt here */
-        if (!t->checkpointing)
+        /* the cat was rebuilt by step_forward (recomputed step) or is rebuilt here (kept) */
+        if (s->keep)
             concat_channels_forward(t->cat, in, t->x[s->skip], B, s->cx, s->cin - s->cx,
                                     s->h * s->w);
-        memset(t->dcat, 0, B * s->cin * s->h * s->w * sizeof(float));
-        rc = unet_resnet_backward(t->dcat, t->dtemb, acts, dout, t->cat, t->temb, s->p, &t->wk,
-                                  t->scratch, B, s->h, s->w, T, G, R);
-        concat_channels_backward(din, t->dx[s->skip], t->dcat, B, s->cx, s->cin - s->cx,
-                                 s->h * s->w);
+        if (need_din)
+            memset(t->dcat, 0, B * s->cin * s->h * s->w * sizeof(float));
+        rc = unet_resnet_backward(need_din ? t->dcat : NULL, t->dtemb, acts, dout, t->cat,
+                                  t->temb, s->p, &t->wk, t->scratch, B, s->h, s->w, T, G, R);
+        if (need_din)
+            concat_channels_backward(din, t->dx[s->skip], t->dcat, B, s->cx, s->cin - s->cx,
+                                     s->h * s->w);
         return rc;
     case STEP_ATTN:
         unet_transformer_backward(din, dctx, acts, dout, in, t->ctx, s->p, &t->wk, t->scratch, B,
@@ -217,48 +307,164 @@ static int step_backward(UnetTrain *t, const Step *s, float *dctx)
 
 static int add_ok(size_t *acc, size_t n) { return !__builtin_add_overflow(*acc, n, acc); }
 
-DbStatus unet_train_new(UnetTrain **out, const UnetParams *view, const UnetConfig *c,
-                        const UnetDims *d, size_t lora_rank, size_t wscratch_floats,
-                        int checkpointing, DbError *err)
+/* Earliest trainable step, earliest transformer, and whether the time MLP or conv_in train. */
+static void mark_needed(UnetTrain *t)
 {
-    *out = NULL;
+    const UnetParams *p = t->p;
+    t->first_train = t->first_attn = t->n_step;
+    for (int i = t->n_step; i-- > 0;) {
+        if (step_trainable(&t->step[i]))
+            t->first_train = i;
+        if (t->step[i].kind == STEP_ATTN)
+            t->first_attn = i;
+    }
+    t->all_needed = lin_trainable(&p->time_1) || lin_trainable(&p->time_2) ||
+                    lin_trainable(&p->conv_in);
+}
+
+typedef struct {
+    int tier; /* 0: reachable by a parameter gradient; 1: below the earliest trainable step */
+    double value;
+    int i;
+} KeepRank;
+
+static int keep_order(const void *pa, const void *pb)
+{
+    const KeepRank *a = pa, *b = pb;
+    if (a->tier != b->tier)
+        return a->tier - b->tier;
+    if (a->value != b->value)
+        return a->value > b->value ? -1 : 1;
+    return a->i - b->i;
+}
+
+/* Chooses the kept steps under budget bytes (greedy by step_flops per byte, see the top) and
+ * lays out their regions; the other steps share t->shared. */
+static void choose_kept(UnetTrain *t, size_t budget)
+{
+    KeepRank r[MAX_STEPS];
+    for (int i = 0; i < t->n_step; i++) {
+        const Step *s = &t->step[i];
+        r[i].tier = i < t->first_train && !t->all_needed;
+        r[i].value = s->acts_n ? s->flops / ((double)s->acts_n * sizeof(float)) : INFINITY;
+        r[i].i = i;
+    }
+    qsort(r, (size_t)t->n_step, sizeof r[0], keep_order);
+    size_t left = budget;
+    for (int k = 0; k < t->n_step; k++) {
+        Step *s = &t->step[r[k].i];
+        s->keep = s->acts_n <= left / sizeof(float);
+        if (s->keep)
+            left -= s->acts_n * sizeof(float);
+    }
+    t->n_kept = 0, t->kept_floats = t->shared_floats = 0;
+    for (int i = 0; i < t->n_step; i++) {
+        Step *s = &t->step[i];
+        if (s->keep) /* no overflow: the kept sum is at most budget / sizeof(float) */
+            s->acts_off = t->kept_floats, t->kept_floats += s->acts_n, t->n_kept++;
+        else
+            t->shared_floats = zmax(t->shared_floats, s->acts_n);
+    }
+}
+
+typedef struct {
+    size_t bwd, cat, conv, total;
+} TrainSizes;
+
+/* Plans t (p, c, d, R set) and sizes its allocation; 0 on overflow. */
+static int train_layout(UnetTrain *t, TrainSizes *z, size_t budget, size_t wscratch_floats)
+{
+    const UnetConfig *c = t->c;
+    const size_t B = t->d.B, T = (size_t)c->time_embed_dim, C0 = (size_t)c->block_out[0];
+    const size_t G = (size_t)c->norm_groups, HW0 = t->d.H * t->d.W;
+    plan(t);
+    mark_needed(t);
+    int ok = 1;
+    z->bwd = z->cat = z->total = 0;
+    for (int i = 0; i < t->n_step; i++) {
+        Step *s = &t->step[i];
+        size_t b;
+        step_sizes(t, s, &s->acts_n, &b);
+        s->flops = step_flops(t, s);
+        z->bwd = zmax(z->bwd, b);
+        if (s->skip >= 0)
+            z->cat = zmax(z->cat, B * s->cin * s->h * s->w);
+    }
+    choose_kept(t, budget);
+    for (int i = 0; i < t->n_tensor; i++)
+        ok &= add_ok(&z->total, 2 * t->n[i]);
+    z->conv = unet_conv_scratch_size(c, &t->d);
+    ok &= add_ok(&z->total, B * C0 + 7 * B * T) && add_ok(&z->total, 2 * z->cat) &&
+          add_ok(&z->total, 2 * B * G + 2 * B * C0 * HW0) && add_ok(&z->total, t->kept_floats) &&
+          add_ok(&z->total, t->shared_floats) && add_ok(&z->total, z->bwd) &&
+          add_ok(&z->total, z->conv) && add_ok(&z->total, wscratch_floats) &&
+          z->total <= SIZE_MAX / sizeof(float);
+    return ok;
+}
+
+static DbStatus check_config(const UnetConfig *c, DbError *err)
+{
     if (c->n_blocks < 1 || c->n_blocks > DB_MAX_BLOCKS || c->layers_per_block < 1 ||
         c->layers_per_block > UNET_MAX_LAYERS)
         return db_fail(err, DB_ERR_MODEL, "UNet: %d blocks of %d layers are not supported",
                        c->n_blocks, c->layers_per_block);
+    return DB_OK;
+}
+
+DbStatus unet_train_size(size_t *bytes, const UnetParams *view, const UnetConfig *c,
+                         const UnetDims *d, size_t lora_rank, size_t wscratch_floats,
+                         size_t act_budget, DbError *err)
+{
+    *bytes = 0;
+    DbStatus st = check_config(c, err);
+    if (st != DB_OK)
+        return st;
     UnetTrain *t = calloc(1, sizeof *t);
     if (!t)
         return db_fail(err, DB_ERR_NOMEM, "UNet training: out of memory");
-    t->p = view, t->c = c, t->d = *d, t->R = lora_rank, t->checkpointing = checkpointing;
-    plan(t);
+    t->p = view, t->c = c, t->d = *d, t->R = lora_rank;
+    TrainSizes z;
+    const int ok = train_layout(t, &z, act_budget, wscratch_floats);
+    free(t);
+    if (!ok)
+        return db_fail(err, DB_ERR_NOMEM, "UNet training: batch %zu at %zux%zu is too large",
+                       d->B, d->H, d->W);
+    *bytes = z.total * sizeof(float);
+    return DB_OK;
+}
+
+size_t unet_train_default_budget(size_t limit_bytes, size_t resident_bytes, size_t fixed_bytes)
+{
+    const size_t margin = limit_bytes / 16;
+    if (resident_bytes >= limit_bytes || fixed_bytes >= limit_bytes - resident_bytes ||
+        margin >= limit_bytes - resident_bytes - fixed_bytes)
+        return 0;
+    return limit_bytes - resident_bytes - fixed_bytes - margin;
+}
+
+DbStatus unet_train_new(UnetTrain **out, const UnetParams *view, const UnetConfig *c,
+                        const UnetDims *d, size_t lora_rank, size_t wscratch_floats,
+                        size_t act_budget, DbError *err)
+{
+    *out = NULL;
+    DbStatus st = check_config(c, err);
+    if (st != DB_OK)
+        return st;
+    UnetTrain *t = calloc(1, sizeof *t);
+    if (!t)
+        return db_fail(err, DB_ERR_NOMEM, "UNet training: out of memory");
+    t->p = view, t->c = c, t->d = *d, t->R = lora_rank;
     const size_t B = d->B, T = (size_t)c->time_embed_dim, C0 = (size_t)c->block_out[0];
     const size_t G = (size_t)c->norm_groups, HW0 = d->H * d->W;
-    size_t acts = 0, bwd = 0, cat = 0, total = 0;
-    int ok = 1;
-    for (int i = 0; i < t->n_step; i++) {
-        Step *s = &t->step[i];
-        size_t a, b;
-        step_sizes(t, s, &a, &b);
-        s->acts_off = acts;
-        ok &= checkpointing ? (acts = zmax(acts, a), 1) : add_ok(&acts, a);
-        bwd = zmax(bwd, b);
-        if (s->skip >= 0)
-            cat = zmax(cat, B * s->cin * s->h * s->w);
-    }
-    for (int i = 0; i < t->n_tensor; i++)
-        ok &= add_ok(&total, 2 * t->n[i]);
-    const size_t conv = unet_conv_scratch_size(c, d);
-    ok &= add_ok(&total, B * C0 + 7 * B * T) && add_ok(&total, 2 * cat) &&
-          add_ok(&total, 2 * B * G + 2 * B * C0 * HW0) && add_ok(&total, acts) &&
-          add_ok(&total, bwd) && add_ok(&total, conv) && add_ok(&total, wscratch_floats) &&
-          total <= SIZE_MAX / sizeof(float);
-    if (!ok || !(t->mem = malloc(total * sizeof(float)))) {
+    TrainSizes z;
+    const int ok = train_layout(t, &z, act_budget, wscratch_floats);
+    if (!ok || !(t->mem = malloc(z.total * sizeof(float)))) {
         free(t);
         return db_fail(err, DB_ERR_NOMEM, "UNet training: cannot allocate %.1f MiB for batch %zu "
-                       "at %zux%zu", ok ? (double)total * sizeof(float) / 1048576.0 : -1.0, B,
+                       "at %zux%zu", ok ? (double)z.total * sizeof(float) / 1048576.0 : -1.0, B,
                        d->H, d->W);
     }
-    t->total = total;
+    t->total = z.total;
     float *m = t->mem;
     for (int i = 0; i < t->n_tensor; i++)
         t->x[i] = m, m += t->n[i], t->dx[i] = m, m += t->n[i];
@@ -270,19 +476,29 @@ DbStatus unet_train_new(UnetTrain **out, const UnetParams *view, const UnetConfi
     t->dtemb = m, m += B * T;
     t->dt_a = m, m += B * T;
     t->dt_b = m, m += B * T;
-    t->cat = m, m += cat;
-    t->dcat = m, m += cat;
+    t->cat = m, m += z.cat;
+    t->dcat = m, m += z.cat;
     t->gn_mean = m, m += B * G;
     t->gn_rstd = m, m += B * G;
     t->nout = m, m += B * C0 * HW0;
     t->dnout = m, m += B * C0 * HW0;
-    t->acts = m, m += acts;
-    t->scratch = m, m += bwd;
-    t->wk.conv_scratch = m, t->wk.conv_scratch_n = conv, m += conv;
+    t->acts = m, m += t->kept_floats;
+    t->shared = m, m += t->shared_floats;
+    t->scratch = m, m += z.bwd;
+    t->wk.conv_scratch = m, t->wk.conv_scratch_n = z.conv, m += z.conv;
     t->wk.wscratch = m;
     t->wk.work = NULL;
     *out = t;
     return DB_OK;
+}
+
+void unet_train_info(const UnetTrain *t, UnetTrainInfo *info)
+{
+    info->n_steps = t->n_step;
+    info->n_kept = t->n_kept;
+    info->kept_bytes = t->kept_floats * sizeof(float);
+    info->shared_bytes = t->shared_floats * sizeof(float);
+    info->first_train = t->first_train;
 }
 
 size_t unet_train_floats(const UnetTrain *t) { return t->total; }
@@ -351,12 +567,17 @@ DbStatus unet_train_backward(UnetTrain *t, float *dsample, float *dctx, const fl
     groupnorm_backward(t->dx[last], p->norm_out.dw, p->norm_out.db, t->gn_mean, t->gn_rstd,
                        t->dnout, t->x[last], p->norm_out.w, p->norm_out.b, B, C0, H * W, G, 1);
 
-    /* the steps, bottom-up; with checkpointing each block is recomputed first */
-    for (int i = t->n_step; i-- > 0;) {
+    /* the steps, bottom-up, down to the lowest one a requested gradient needs (see the top);
+     * a checkpointed step is recomputed first */
+    const int below = dsample != NULL || t->all_needed;
+    int first = below ? 0 : t->first_train;
+    if (!below && dctx && t->first_attn < first)
+        first = t->first_attn;
+    for (int i = t->n_step; i-- > first;) {
         const Step *s = &t->step[i];
-        if (t->checkpointing)
+        if (!s->keep)
             CONV(step_forward(t, s));
-        CONV(step_backward(t, s, dctx));
+        CONV(step_backward(t, s, dctx, i > first || below));
     }
 
     /* temb = SiLU(h2), h2 = linear_2(SiLU(h1)), h1 = linear_1(t_sin) */

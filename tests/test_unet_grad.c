@@ -10,7 +10,15 @@
  *   analytic g . u                       (one backward, dot product in double)
  * must agree to TOL_DIR relative (float32 rounding in the forwards leaves about 1e-4; one
  * wrong term in any gradient shows as 1e-2 or more). Also: a second backward without zeroing
- * doubles every gradient (backward accumulates). Exit status is the verdict.
+ * doubles every gradient (backward accumulates).
+ * Selective checkpointing and skipped work (bit-identical, memcmp, since the same kernels run
+ * in the same order): the gradients above (all parameters, dsample, dctx) with activation
+ * budgets UNET_CKPT_ALL, UNET_CKPT_NONE and half of the kept-all bytes (some steps kept, some
+ * recomputed); LoRA attn (every step from the first transformer on trainable) and full
+ * training of up_blocks.1.resnets.0 (the earliest trainable step is an up-block resnet that
+ * reads a skip) with dsample = dctx = NULL (backward stops at the earliest trainable step)
+ * against the full backward (dsample given), and with dctx alone against dsample + dctx;
+ * also at budget NONE and a middle budget. Exit status is the verdict.
  * SPDX-License-Identifier: GPL-3.0-or-later */
 #include "train_params.h"
 #include "unet.h"
@@ -74,6 +82,136 @@ static void axpy(float *v, const float *u, float h, size_t n)
         v[i] += h * u[i];
 }
 
+/* One forward and backward with tr; *g (np floats) = the parameter gradients; dsample, dctx
+ * may be NULL (else zeroed first). */
+static void grads(float *g, UnetTrain *tr, TrainParams *tp, Run *r, float *dsample, size_t nx,
+                  float *dctx, size_t nc)
+{
+    DbError err;
+    UnetTrain *keep = r->tr;
+    r->tr = tr;
+    train_params_zero_grads(tp);
+    if (dsample) memset(dsample, 0, nx * sizeof *dsample);
+    if (dctx) memset(dctx, 0, nc * sizeof *dctx);
+    loss(r);
+    if (unet_train_backward(tr, dsample, dctx, r->wout, &err) != DB_OK) {
+        printf("FAIL backward: %s\n", err.msg);
+        exit(1);
+    }
+    memcpy(g, train_params_grads(tp), train_params_count(tp) * sizeof *g);
+    r->tr = keep;
+}
+
+static void same(const char *what, const float *a, const float *b, size_t n)
+{
+    size_t diff = 0;
+    for (size_t i = 0; i < n; i++)
+        diff += memcmp(&a[i], &b[i], sizeof *a) != 0;
+    printf("%s %s: %zu of %zu values differ (bit-identical required)\n", diff ? "FAIL" : "ok  ",
+           what, diff, n);
+    if (diff)
+        failures++;
+}
+
+static UnetTrain *train_new(const UnetParams *view, const UnetConfig *c, const UnetDims *d,
+                            size_t R, const UnetState *state, size_t budget, UnetTrainInfo *info)
+{
+    DbError err;
+    UnetTrain *tr = NULL;
+    if (unet_train_new(&tr, view, c, d, R, unet_state_wscratch_size(state), budget, &err) !=
+        DB_OK) {
+        printf("FAIL unet_train_new: %s\n", err.msg);
+        exit(1);
+    }
+    unet_train_info(tr, info);
+    return tr;
+}
+
+/* Gradients of view/tp (np floats) at budgets ALL, NONE and a middle one: identical; and, for a
+ * partial trainable set (partial = 1), the skipping backward against the full one. */
+static void check_budgets(const char *name, const UnetParams *view, TrainParams *tp,
+                          const UnetConfig *c, const UnetDims *d, size_t R,
+                          const UnetState *state, Run *r, size_t nx, size_t nc, int partial)
+{
+    const size_t np = train_params_count(tp);
+    float *g0 = g_new(float, np), *g1 = g_new(float, np), *dx0 = g_new(float, nx);
+    float *dx1 = g_new(float, nx), *dc0 = g_new(float, nc), *dc1 = g_new(float, nc);
+    UnetTrainInfo ia, in, im;
+    UnetTrain *ta = train_new(view, c, d, R, state, UNET_CKPT_ALL, &ia);
+    UnetTrain *tn = train_new(view, c, d, R, state, UNET_CKPT_NONE, &in);
+    UnetTrain *tm = train_new(view, c, d, R, state, in.kept_bytes / 2, &im);
+    char what[160];
+    printf("     %s: %d steps, first trainable %d; kept: ALL %d (%zu B), NONE %d (%zu B), "
+           "middle %d (%zu B, shared %zu B)\n", name, in.n_steps, in.first_train, ia.n_kept,
+           ia.kept_bytes, in.n_kept, in.kept_bytes, im.n_kept, im.kept_bytes, im.shared_bytes);
+    if (!(in.n_kept == in.n_steps && ia.kept_bytes == 0 && im.n_kept > ia.n_kept &&
+          im.n_kept < in.n_steps && im.kept_bytes <= in.kept_bytes / 2)) {
+        printf("FAIL %s: budgets did not give all / none / some steps kept\n", name);
+        failures++;
+    }
+    grads(g0, ta, tp, r, dx0, nx, dc0, nc);
+    UnetTrain *const cmp[2] = {tn, tm};
+    const char *const cname[2] = {"NONE", "middle"};
+    for (int k = 0; k < 2; k++) {
+        grads(g1, cmp[k], tp, r, dx1, nx, dc1, nc);
+        snprintf(what, sizeof what, "%s: budget %s vs ALL, parameter gradients", name, cname[k]);
+        same(what, g1, g0, np);
+        snprintf(what, sizeof what, "%s: budget %s vs ALL, dsample", name, cname[k]);
+        same(what, dx1, dx0, nx);
+        snprintf(what, sizeof what, "%s: budget %s vs ALL, dctx", name, cname[k]);
+        same(what, dc1, dc0, nc);
+    }
+    if (partial) {
+        if (in.first_train <= 0 || in.first_train >= in.n_steps) {
+            printf("FAIL %s: expected a partial trainable set (first trainable step %d)\n", name,
+                   in.first_train);
+            failures++;
+        }
+        UnetTrain *const all[3] = {ta, tn, tm};
+        for (int k = 0; k < 3; k++) {
+            const char *bn = k == 0 ? "ALL" : cname[k - 1];
+            grads(g1, all[k], tp, r, NULL, nx, NULL, nc);
+            snprintf(what, sizeof what, "%s: budget %s, backward without dsample/dctx (skipping) "
+                     "vs full, parameter gradients", name, bn);
+            same(what, g1, g0, np);
+            grads(g1, all[k], tp, r, NULL, nx, dc1, nc);
+            snprintf(what, sizeof what, "%s: budget %s, backward with dctx only vs full, "
+                     "parameter gradients", name, bn);
+            same(what, g1, g0, np);
+            snprintf(what, sizeof what, "%s: budget %s, backward with dctx only vs full, dctx",
+                     name, bn);
+            same(what, dc1, dc0, nc);
+        }
+    }
+    unet_train_free(ta), unet_train_free(tn), unet_train_free(tm);
+    g_free(g0), g_free(g1), g_free(dx0), g_free(dx1), g_free(dc0), g_free(dc1);
+}
+
+/* A trainable set of spec on m (LoRA up made nonzero): checks check_budgets. */
+static void check_partial(const char *name, const DbModel *m, const UnetState *state,
+                          const TrainSpec *spec, const UnetDims *d, Run *r, size_t nx, size_t nc)
+{
+    DbError err;
+    TrainParams *tp = NULL;
+    UnetParams *view = g_new0(UnetParams, 1);
+    if (train_params_new(&tp, m, NET_UNET, spec, &err) != DB_OK ||
+        unet_train_view_build(view, state, m, tp, &err) != DB_OK) {
+        printf("FAIL setup %s: %s\n", name, err.msg);
+        exit(1);
+    }
+    float *theta = train_params_values(tp);
+    for (size_t i = 0; i < train_params_count_tensors(tp); i++) {
+        const TrainTensor *tt = train_params_tensor(tp, i);
+        if (tt->kind == TRAIN_LORA_UP)
+            for (size_t j = 0; j < tt->nelem; j++)
+                theta[tt->offset + j] = 0.05f * nrand();
+    }
+    check_budgets(name, view, tp, &m->unet, d, train_params_lora_max_rank(tp), state, r, nx, nc,
+                  1);
+    train_params_free(tp);
+    g_free(view);
+}
+
 int main(void)
 {
     DbError err;
@@ -98,7 +236,8 @@ int main(void)
     if (unet_state_build(&state, m, &err) != DB_OK ||
         train_params_new(&tp, m, NET_UNET, &spec, &err) != DB_OK ||
         unet_train_view_build(view, state, m, tp, &err) != DB_OK ||
-        unet_train_new(&r.tr, view, c, &d, 3, unet_state_wscratch_size(state), 1, &err) != DB_OK) {
+        unet_train_new(&r.tr, view, c, &d, 3, unet_state_wscratch_size(state), UNET_CKPT_ALL,
+                       &err) != DB_OK) {
         printf("FAIL setup: %s\n", err.msg);
         return 1;
     }
@@ -181,6 +320,13 @@ int main(void)
     }
     check(sqrt(e2 / n2) <= TOL_ACC, "accumulate: second backward = 2 x first, rel L2 %.3g "
           "(of %.0f; tol %g)", sqrt(e2 / n2), 2.0, TOL_ACC);
+
+    /* selective checkpointing: full training (every step runs) at three budgets */
+    check_budgets("all parameters + LoRA conv", view, tp, c, &d, 3, state, &r, nx, nc, 0);
+    const TrainSpec lora_attn = {NULL, 3, 5.0f, TRAIN_LORA_ATTN, 1};
+    const TrainSpec up_res = {"up_blocks.1.resnets.0.*", 0, 0.0f, TRAIN_LORA_NONE, 1};
+    check_partial("LoRA attn", m, state, &lora_attn, &d, &r, nx, nc);
+    check_partial("up_blocks.1.resnets.0", m, state, &up_res, &d, &r, nx, nc);
 
     unet_train_free(r.tr);
     train_params_free(tp);

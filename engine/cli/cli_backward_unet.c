@@ -55,7 +55,8 @@ DbStatus cli_backward_unet(DbModel *m, const SafetensorsFile *in, SafetensorsWri
     if (st == DB_OK) st = unet_train_view_build(view, state, m, tp, err);
     if (st == DB_OK)
         st = unet_train_new(&tr, view, c, &d, train_params_lora_max_rank(tp),
-                            unet_state_wscratch_size(state), checkpointing, err);
+                            unet_state_wscratch_size(state),
+                            checkpointing ? UNET_CKPT_ALL : UNET_CKPT_NONE, err);
     const size_t n_out = d.B * (size_t)c->out_channels * d.H * d.W;
     if (st == DB_OK && (!(res = g_try_new(float, n_out)) ||
                         !(dsample = g_try_new0(float, d.B * (size_t)c->in_channels * d.H * d.W)) ||

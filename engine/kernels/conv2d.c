@@ -9,8 +9,9 @@
  * stride-1, unpadded convolution is a plain GEMM over the image and needs no im2col.
  *
  * Two faster forward paths, chosen by shape and scratch (conv2d_forward):
- *   - Winograd F(2x2, 3x3) for 3x3 stride-1 convs with >= 64 channels in and out when the
- *     scratch holds the 16*OC*C transformed weights and a row of tiles (wino_rows);
+ *   - Winograd F(4x4, 3x3) or F(2x2, 3x3) (winograd.c) for 3x3 stride-1 convs with >= 64
+ *     channels in and out when the scratch holds the 36*OC*C (16*OC*C) transformed weights
+ *     and a row of tiles (wino_plan);
  *   - several images im2col'd side by side into one GEMM when each has few output pixels
  *     (UNet 8x8/16x16 levels), so sgemm packs the weights once per group (conv_group).
  * Threads: im2col and the bias fill run in OpenMP loops; sgemm (OpenBLAS, OpenMP build) is
@@ -20,10 +21,13 @@
  *   dW [OC, C*K*K] += dout [OC, P] @ col [C*K*K, P]^T   (col = conv2d_im2col again; the
  *                     contraction runs over the chunk's pixels)
  *   dcol [C*K*K, P] = weight^T @ dout,  dX += col2im(dcol)  (scatter-add, parallel over
- *                     input channels, each owning its plane)
+ *                     input channels, each owning its plane); for 3x3 stride-1 convs that
+ *                     wino_plan takes, dX += conv3x3(dout, flipped weight^T) by Winograd
+ *                     instead (top/left padding 2 - pad_lo; whole images, own scratch use)
  *   db [OC] += sum over images and pixels of dout.
  * LoRA for convolutions (lora_conv2d_*) is at the end. */
 #include "kernels.h"
+#include "winograd.h"
 
 #include <cblas.h>
 #include <string.h>
@@ -159,166 +163,6 @@ static void conv2d_fill_bias(float *out, const float *bias, size_t OC, size_t np
     }
 }
 
-/* ---- Winograd F(2x2, 3x3) for 3x3 stride-1 convolutions (Lavin & Gray 2015) ----------
- * Output tiles of 2x2 pixels, each from a 4x4 input patch d at (2ty - pad_lo, 2tx - pad_lo):
- *   U [16, OC, C] = G g G^T per (oc, c)         (weights, once per call)
- *   V [16, C, T]  = B^T d B per (c, tile)      (a chunk of T tiles: whole tile rows, over
- *                                               all images of the call)
- *   M [16, OC, T] = U [xi] @ V [xi]            (16 sgemm, K = C)
- *   y [2x2]       = A^T m A + bias             (per (oc, tile), clipped at the border)
- *   G = [1 0 0; 1/2 1/2 1/2; 1/2 -1/2 1/2; 0 0 1], B^T = [1 0 -1 0; 0 1 1 0; 0 -1 1 0;
- *   0 1 0 -1], A^T = [1 1 1 0; 0 1 -1 -1].
- * 2.25x fewer multiplies than im2col + sgemm; the transforms are exact in the weights' and
- * inputs' additions (relative L2 error vs im2col ~1e-7 on SD shapes). */
-#define WINO_MIN_CH 64   /* narrower convs (conv_in/conv_out) stay on im2col */
-#define WINO_MIN_TILES 64 /* tiles in the call: fewer and the weight transform dominates */
-
-/* U [16, OC, C] = G g G^T for each g = weight [oc, c, 3, 3] */
-static void wino_weights(float *U, const float *weight, size_t OC, size_t C)
-{
-    size_t S = OC * C;
-#pragma omp parallel for schedule(static)
-    for (size_t i = 0; i < S; i++) {
-        const float *g = weight + i * 9;
-        float t[4][3], u[4][4];
-        for (int j = 0; j < 3; j++) { /* t = G g (4x3) */
-            t[0][j] = g[j];
-            t[1][j] = 0.5f * (g[j] + g[3 + j] + g[6 + j]);
-            t[2][j] = 0.5f * (g[j] - g[3 + j] + g[6 + j]);
-            t[3][j] = g[6 + j];
-        }
-        for (int r = 0; r < 4; r++) { /* u = t G^T (4x4) */
-            u[r][0] = t[r][0];
-            u[r][1] = 0.5f * (t[r][0] + t[r][1] + t[r][2]);
-            u[r][2] = 0.5f * (t[r][0] - t[r][1] + t[r][2]);
-            u[r][3] = t[r][2];
-        }
-        for (int x = 0; x < 16; x++)
-            U[x * S + i] = u[x / 4][x % 4];
-    }
-}
-
-#define WINO_SEG 64 /* tiles per segment of a tile row in the input transform */
-
-/* V [16, C, T] for tile rows R0 .. R1-1 (R = n*TH + ty) of inp [N, C, H, W]. Per (c, tile
- * row), in segments of WINO_SEG tiles: the 4 input rows (zero padded) into d, B^T d down the
- * columns (elementwise over the row), then B across each tile (stride-2 reads): loops the
- * compiler vectorises. */
-static void wino_input(float *V, const float *inp, size_t C, size_t H, size_t W, size_t pad,
-                       size_t TH, size_t TW, size_t R0, size_t R1)
-{
-    size_t T = (R1 - R0) * TW, nr = R1 - R0, st = C * T;
-#pragma omp parallel for schedule(static)
-    for (size_t i = 0; i < C * nr; i++) {
-        size_t c = i / nr, R = R0 + i % nr, n = R / TH, ty = R % TH;
-        const float *img = inp + (n * C + c) * H * W;
-        float d[4][2 * WINO_SEG + 2], e[4][2 * WINO_SEG + 2];
-        float *v = V + c * T + (R - R0) * TW;
-        for (size_t tx0 = 0; tx0 < TW; tx0 += WINO_SEG) {
-            size_t nt = TW - tx0 < WINO_SEG ? TW - tx0 : WINO_SEG, len = 2 * nt + 2;
-            size_t xs = 2 * tx0; /* input column of d [k][j] is xs + j - pad */
-            size_t lo = pad > xs ? pad - xs : 0, hi = W + pad > xs ? W + pad - xs : 0;
-            if (lo > len) lo = len;
-            if (hi > len) hi = len;
-            if (hi < lo) hi = lo;
-            for (int k = 0; k < 4; k++) { /* iy = 2ty - pad + k */
-                size_t iys = 2 * ty + (size_t)k;
-                if (iys < pad || iys - pad >= H) {
-                    memset(d[k], 0, len * sizeof(float));
-                    continue;
-                }
-                const float *src = img + (iys - pad) * W;
-                memset(d[k], 0, lo * sizeof(float));
-                if (hi > lo) memcpy(d[k] + lo, src + xs + lo - pad, (hi - lo) * sizeof(float));
-                memset(d[k] + hi, 0, (len - hi) * sizeof(float));
-            }
-            for (size_t j = 0; j < len; j++) { /* e = B^T d */
-                e[0][j] = d[0][j] - d[2][j];
-                e[1][j] = d[1][j] + d[2][j];
-                e[2][j] = d[2][j] - d[1][j];
-                e[3][j] = d[1][j] - d[3][j];
-            }
-            for (int k = 0; k < 4; k++) { /* (B^T d) B */
-                const float *q = e[k];
-                float *o0 = v + (size_t)(4 * k) * st + tx0, *o1 = o0 + st, *o2 = o1 + st,
-                      *o3 = o2 + st;
-                for (size_t t = 0; t < nt; t++) {
-                    o0[t] = q[2 * t] - q[2 * t + 2];
-                    o1[t] = q[2 * t + 1] + q[2 * t + 2];
-                    o2[t] = q[2 * t + 2] - q[2 * t + 1];
-                    o3[t] = q[2 * t + 1] - q[2 * t + 3];
-                }
-            }
-        }
-    }
-}
-
-/* out [N, OC, OH, OW] for tile rows R0 .. R1-1 = A^T M A + bias. */
-static void wino_output(float *out, const float *M, const float *bias, size_t OC, size_t OH,
-                        size_t OW, size_t TH, size_t TW, size_t R0, size_t R1)
-{
-    size_t T = (R1 - R0) * TW, nr = R1 - R0, st = OC * T;
-#pragma omp parallel for schedule(static)
-    for (size_t i = 0; i < OC * nr; i++) {
-        size_t oc = i / nr, R = R0 + i % nr, n = R / TH, ty = R % TH;
-        float b = bias ? bias[oc] : 0.0f;
-        const float *m = M + oc * T + (R - R0) * TW;
-        float *o0 = out + ((n * OC + oc) * OH + 2 * ty) * OW;
-        float *o1 = 2 * ty + 1 < OH ? o0 + OW : NULL;
-        for (size_t tx = 0; tx < TW; tx++) {
-            float a[16], r[2][4];
-            for (int x = 0; x < 16; x++)
-                a[x] = m[(size_t)x * st + tx];
-            for (int j = 0; j < 4; j++) { /* A^T m */
-                r[0][j] = a[j] + a[4 + j] + a[8 + j];
-                r[1][j] = a[4 + j] - a[8 + j] - a[12 + j];
-            }
-            size_t ox = 2 * tx;
-            o0[ox] = r[0][0] + r[0][1] + r[0][2] + b;
-            if (o1) o1[ox] = r[1][0] + r[1][1] + r[1][2] + b;
-            if (ox + 1 < OW) {
-                o0[ox + 1] = r[0][1] - r[0][2] - r[0][3] + b;
-                if (o1) o1[ox + 1] = r[1][1] - r[1][2] - r[1][3] + b;
-            }
-        }
-    }
-}
-
-/* Tile rows per chunk for a Winograd conv, or 0 when it should not (or cannot) be used. */
-static size_t wino_rows(size_t N, size_t C, size_t OC, size_t OH, size_t OW, size_t K,
-                        size_t stride, size_t scratch_floats)
-{
-    if (K != 3 || stride != 1 || C < WINO_MIN_CH || OC < WINO_MIN_CH) return 0;
-    size_t TH = (OH + 1) / 2, TW = (OW + 1) / 2, u, per, tiles;
-    if (__builtin_mul_overflow(16 * OC, C, &u) || u >= scratch_floats ||
-        __builtin_mul_overflow(16 * (C + OC), TW, &per) ||
-        __builtin_mul_overflow(N * TH, TW, &tiles) || tiles < WINO_MIN_TILES)
-        return 0;
-    size_t tr = (scratch_floats - u) / per;
-    if (tr == 0) return 0;
-    return tr < N * TH ? tr : N * TH;
-}
-
-static void conv2d_winograd(float *out, const float *inp, const float *weight, const float *bias,
-                            float *scratch, size_t rows_per_chunk, size_t N, size_t C, size_t H,
-                            size_t W, size_t OC, size_t pad, size_t OH, size_t OW)
-{
-    size_t TH = (OH + 1) / 2, TW = (OW + 1) / 2;
-    float *U = scratch, *V = U + 16 * OC * C;
-    wino_weights(U, weight, OC, C);
-    for (size_t R0 = 0; R0 < N * TH; R0 += rows_per_chunk) {
-        size_t R1 = N * TH - R0 < rows_per_chunk ? N * TH : R0 + rows_per_chunk;
-        size_t T = (R1 - R0) * TW;
-        float *M = V + 16 * C * T;
-        wino_input(V, inp, C, H, W, pad, TH, TW, R0, R1);
-        for (size_t x = 0; x < 16; x++)
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)OC, (int)T, (int)C, 1.0f,
-                        U + x * OC * C, (int)C, V + x * C * T, (int)T, 0.0f, M + x * OC * T,
-                        (int)T);
-        wino_output(out, M, bias, OC, OH, OW, TH, TW, R0, R1);
-    }
-}
-
 int conv2d_forward(float *out, const float *inp, const float *weight, const float *bias,
                    float *scratch, size_t scratch_floats, size_t N, size_t C, size_t H, size_t W,
                    size_t OC, size_t K, size_t stride, size_t pad_lo, size_t pad_hi)
@@ -335,10 +179,12 @@ int conv2d_forward(float *out, const float *inp, const float *weight, const floa
         return 0;
     }
 
-    size_t wr = wino_rows(N, C, OC, OH, OW, K, stride, scratch_floats);
-    if (wr) {
-        conv2d_winograd(out, inp, weight, bias, scratch, wr, N, C, H, W, OC, pad_lo, OH, OW);
-        return 0;
+    if (K == 3 && stride == 1 && pad_lo <= 2) {
+        WinoPlan wp = wino_plan(N, C, OC, OH, OW, scratch_floats);
+        if (wp.m) {
+            wino_conv(out, inp, weight, bias, scratch, wp, N, C, H, W, OC, pad_lo, OH, OW, 0);
+            return 0;
+        }
     }
 
     size_t G = conv_group(N, P, direct ? C : rows, OC, scratch_floats);
@@ -453,6 +299,19 @@ int conv2d_backward(float *dinp, float *dweight, float *dbias, const float *dout
         }
     }
     if (C == 0 || (!dinp && !dweight)) return 0;
+
+    if (dinp && K == 3 && stride == 1 && pad_lo <= 2 && pad_hi <= 2) {
+        /* dinp [n, c, iy, ix] += sum over (oc, kh, kw) of dout [n, oc, iy + pad_lo - kh,
+         * ix + pad_lo - kw] weight [oc, c, kh, kw]: a 3x3 correlation of dout with
+         * W' [c, oc, kh, kw] = weight [oc, c, 2-kh, 2-kw] and top/left padding 2 - pad_lo */
+        WinoPlan wp = wino_plan(N, OC, C, H, W, scratch_floats);
+        if (wp.m) {
+            wino_conv(dinp, dout, weight, NULL, scratch, wp, N, OC, OH, OW, C, 2 - pad_lo, H, W,
+                      WINO_FLIP | WINO_ACCUMULATE);
+            dinp = NULL;
+            if (!dweight) return 0;
+        }
+    }
 
     if (direct) {
         for (size_t n = 0; n < N; n++) {

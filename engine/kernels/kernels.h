@@ -111,6 +111,9 @@ void conv2d_im2col(float *col, const float *inp, size_t C, size_t H, size_t W, s
  * as many output pixels as fit (whole output rows when at least C*K*K*OW floats). It needs at
  * least C*K*K floats, except for K = 1, stride 1, no padding, which needs none (scratch may
  * be NULL). Returns 0, or -1 (nothing written) when scratch is too small.
+ * 3x3 stride-1 convs with >= 64 channels in and out run Winograd F(4x4, 3x3) or F(2x2, 3x3)
+ * instead (winograd.c) when enough tiles and the scratch allow: the transformed weights
+ * (36 or 16 * OC*C floats, or a part of them) and at least one row of tiles must fit.
  * Calls sgemm: call it from outside any OpenMP parallel region.
  * Saves nothing: backward needs inp and weight (dW recomputes im2col chunks). */
 int conv2d_forward(float *out, const float *inp, const float *weight, const float *bias,
@@ -126,6 +129,8 @@ void conv2d_col2im_add(float *dinp, const float *col, size_t C, size_t H, size_t
  * dweight [OC, C, K, K] += dout @ im2col(inp)^T, dbias [OC] += sum over n, pixels of dout
  * (each may be NULL: dweight = NULL skips the im2col and its GEMM). dout [N, OC, OH, OW];
  * inp, weight, sizes as the forward; scratch as the forward (same chunks, same minimum).
+ * For 3x3 stride-1 convs (pad_lo, pad_hi <= 2) dinp is a Winograd convolution of dout with
+ * the flipped, transposed weight when the forward's Winograd rules take that shape.
  * Returns 0, or -1 (nothing written) when scratch is too small. Calls sgemm: call it from
  * outside any OpenMP parallel region. */
 int conv2d_backward(float *dinp, float *dweight, float *dbias, const float *dout, const float *inp,

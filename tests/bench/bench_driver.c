@@ -1,7 +1,7 @@
 /* bench_driver: times one workload of libdreambooth in this process (model opened once).
  *
  *   bench_driver MODE [--model DIR] [--batch B] [--size H[xW]] [--reps N] [--warmup N]
- *                [--threads T] [--rank R] [--dump FILE]
+ *                [--threads T] [--rank R] [--ckpt-budget MIB|none] [--dump FILE]
  *
  * MODE: unet (latent H x W), vae-decode (latent H x W), vae-encode (image H x W),
  * text-encoder (B x 77 ids), sgemm (H x H x H cblas_sgemm), train-step (LoRA step, latent
@@ -11,6 +11,14 @@
  * in order) can be compared with PyTorch. Prints one JSON line on stdout: open_s (model open),
  * warmup_s, times (seconds per call), median_s, maxrss_kib (getrusage: whole process peak),
  * status ("ok", "unimplemented" or "error" with "error"). Exit status 0 unless an error.
+ * train-step adds ckpt_budget_mib (the activation budget of unet_train_new), steps, kept_steps
+ * (blocks whose internals are kept from the forward, not recomputed), kept_acts_bytes,
+ * shared_acts_bytes (the region the recomputed blocks share) and train_bytes (the whole
+ * UnetTrain allocation). --ckpt-budget: MIB, or none (UNET_CKPT_NONE: keep every block); 0
+ * checkpoints every block. Default: the budget that keeps the process under 6 GiB
+ * (unet_train_default_budget with resident = the UNet weights as stored, which the step maps
+ * and reads, + 256 MiB for the rest of the process: libraries, BLAS buffers, the widened 1-D
+ * weights, adapters, Adam state, inputs).
  * SPDX-License-Identifier: GPL-3.0-or-later */
 #include <cblas.h>
 #include <errno.h>
@@ -31,6 +39,8 @@
 typedef struct {
     const char *model_path, *dump;
     int batch, h, w, reps, warmup, threads, rank;
+    long ckpt_mib;       /* train-step: -1 automatic, -2 none */
+    char extra[512];     /* mode-specific JSON members (", \"k\": v" ...) */
     DbModel *model;
     DbModelInfo info;
     float *in[3];  /* inputs (mode-specific) */
@@ -183,7 +193,7 @@ static DbStatus sgemm_run(Bench *b, DbError *err)
  * trainer state and the fixed batch (latents seed 1, noise seed 8, context seed 2, timesteps
  * 999 - 37 b, noisy = sqrt(acp) latents + sqrt(1 - acp) noise, as torch_side.py); run does one
  * step (out[0]: the loss; tests/bench/run does not compare training outputs, the adapters'
- * random init differs between the sides). Per-block checkpointing on. */
+ * random init differs between the sides). Blocks kept or recomputed under --ckpt-budget. */
 static struct {
     UnetState *state;
     TrainParams *tp;
@@ -207,9 +217,27 @@ static DbStatus train_setup(Bench *b, DbError *err)
     if (st == DB_OK && !(ts.view = calloc(1, sizeof *ts.view)))
         st = db_fail(err, DB_ERR_NOMEM, "bench: out of memory");
     if (st == DB_OK) st = unet_train_view_build(ts.view, ts.state, m, ts.tp, err);
-    if (st == DB_OK)
-        st = unet_train_new(&ts.tr, ts.view, &m->unet, &d, train_params_lora_max_rank(ts.tp),
-                            unet_state_wscratch_size(ts.state), 1, err);
+    const size_t R = ts.tp ? train_params_lora_max_rank(ts.tp) : 0;
+    const size_t wsf = ts.state ? unet_state_wscratch_size(ts.state) : 0;
+    size_t budget = b->ckpt_mib == -2 ? UNET_CKPT_NONE : (size_t)b->ckpt_mib << 20, fixed = 0;
+    if (st == DB_OK && b->ckpt_mib == -1)
+        st = unet_train_size(&fixed, ts.view, &m->unet, &d, R, wsf, UNET_CKPT_ALL, err);
+    if (st == DB_OK && b->ckpt_mib == -1) {
+        const char *dt = b->info.storage_dtype;
+        const size_t wbytes = (size_t)b->info.params_unet *
+                              (!strcmp(dt, "F16") || !strcmp(dt, "BF16") ? 2 : 4);
+        budget = unet_train_default_budget((size_t)6 << 30, wbytes + ((size_t)256 << 20), fixed);
+    }
+    if (st == DB_OK) st = unet_train_new(&ts.tr, ts.view, &m->unet, &d, R, wsf, budget, err);
+    if (st == DB_OK) {
+        UnetTrainInfo ti;
+        unet_train_info(ts.tr, &ti);
+        snprintf(b->extra, sizeof b->extra, ", \"ckpt_budget_mib\": %.1f, \"steps\": %d, "
+                 "\"kept_steps\": %d, \"kept_acts_bytes\": %zu, \"shared_acts_bytes\": %zu, "
+                 "\"train_bytes\": %zu", budget == UNET_CKPT_NONE ? -1.0 : budget / 1048576.0,
+                 ti.n_steps, ti.n_kept, ti.kept_bytes, ti.shared_bytes,
+                 unet_train_floats(ts.tr) * sizeof(float));
+    }
     const size_t np = ts.tp ? train_params_count(ts.tp) : 0;
     if (st == DB_OK) st = alloc_f(&ts.noisy, ns, err);
     if (st == DB_OK) st = alloc_f(&ts.noise, ns, err);
@@ -336,13 +364,14 @@ static int usage(void)
 {
     fprintf(stderr, "usage: bench_driver unet|vae-decode|vae-encode|text-encoder|sgemm|train-step "
                     "[--model DIR] [--batch B] [--size H[xW]] [--reps N] [--warmup N] "
-                    "[--threads T] [--rank R] [--dump FILE]\n");
+                    "[--threads T] [--rank R] [--ckpt-budget MIB|none] [--dump FILE]\n");
     return 2;
 }
 
 int main(int argc, char **argv)
 {
-    Bench b = {.batch = 1, .h = 64, .w = 64, .reps = 3, .warmup = 1, .threads = 2, .rank = 4};
+    Bench b = {.batch = 1, .h = 64, .w = 64, .reps = 3, .warmup = 1, .threads = 2, .rank = 4,
+               .ckpt_mib = -1};
     const Mode *mode = NULL;
     if (argc < 2) return usage();
     for (size_t i = 0; i < sizeof modes / sizeof modes[0]; i++)
@@ -359,6 +388,11 @@ int main(int argc, char **argv)
         else if (ok && !strcmp(a, "--warmup")) ok = parse_int(v, 0, MAX_REPS, &b.warmup);
         else if (ok && !strcmp(a, "--threads")) ok = parse_int(v, 1, 1024, &b.threads);
         else if (ok && !strcmp(a, "--rank")) ok = parse_int(v, 1, 1024, &b.rank);
+        else if (ok && !strcmp(a, "--ckpt-budget")) {
+            int mib;
+            ok = !strcmp(v, "none") || parse_int(v, 0, 1 << 24, &mib);
+            b.ckpt_mib = !strcmp(v, "none") ? -2 : ok ? mib : -1;
+        }
         else ok = 0;
         if (!ok) {
             fprintf(stderr, "bench_driver: bad option %s %s\n", a, v ? v : "");
@@ -407,7 +441,7 @@ int main(int argc, char **argv)
         double med = done % 2 ? times[done / 2] : 0.5 * (times[done / 2 - 1] + times[done / 2]);
         printf(", \"median_s\": %.6f", med);
     }
-    printf(", \"maxrss_kib\": %ld", maxrss_kib());
+    printf(", \"maxrss_kib\": %ld%s", maxrss_kib(), b.extra);
     if (st != DB_OK) {
         printf(", \"error\": ");
         json_str(err.msg);
