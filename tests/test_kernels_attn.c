@@ -1,14 +1,17 @@
-/* attention_forward against attention_forward_ref on odd shapes, large scores, causal and
- * cross attention; attention_backward against a double reference (attention_bwd_d, below) on
- * shapes that cross its tile and head-dimension chunk boundaries, and the same gradients with
- * 1 and 4 threads (whole-head and split work division: must be bitwise equal); prints the
- * time of a [2, 4096, 8*40] self-attention.
- * Tolerances: out: max |fast - ref| / max |ref| <= 1e-5 per case;
+/* vm_exp2_nonpos / vm_exp_nonpos accuracy (check_exp); attention_forward against
+ * attention_forward_ref on odd shapes, large scores, causal and cross attention;
+ * attention_backward against a double reference (attention_bwd_d, below) on shapes that cross
+ * its tile and head-dimension chunk boundaries, and the same gradients with 1 and 4 threads
+ * (whole-head and split work division: must be bitwise equal); prints the time of a
+ * [2, 4096, 8*40] self-attention.
+ * Tolerances: exp, exp2: relative error <= 1.5e-7 at every 97th float of the range;
+ *             out: max |fast - ref| / max |ref| <= 1e-5 per case;
  *             lse: |fast - ref| <= 1e-5 * max(1, |ref|) per element;
  *             dq, dk, dv: max |fast - ref| / max |ref| <= 1e-5 per tensor and case.
  * Exit status is the verdict.
  * SPDX-License-Identifier: GPL-3.0-or-later */
 #include "kernels.h"
+#include "vmath.h"
 
 #include <math.h>
 #include <omp.h>
@@ -218,6 +221,32 @@ static int check_backward(const char *name, size_t B, size_t Nq, size_t Nk, size
     return ok;
 }
 
+/* vm_exp2_nonpos and vm_exp_nonpos against double exp2 / exp at every 97th float of their
+ * ranges ([-126, 0] and [-87, 0]); tolerance 1.5e-7 relative (measured without FMA, as this
+ * file is compiled: 1.0e-7 and 8.2e-8; about 2.5 ulp), plus the end points: 2^0 = 1 exactly,
+ * below -126 (and -inf) clamped to 2^-126. */
+static int check_exp(void)
+{
+    double e2 = 0.0, e1 = 0.0;
+    for (uint32_t b = 0x80000000u; b <= 0xC2FC0000u; b += 97) {
+        float x;
+        memcpy(&x, &b, sizeof x);
+        double want = exp2((double)x);
+        e2 = fmax(e2, fabs(vm_exp2_nonpos(x) - want) / want);
+        if (x >= -87.0f) {
+            want = exp((double)x);
+            e1 = fmax(e1, fabs(vm_exp_nonpos(x) - want) / want);
+        }
+    }
+    float tiny = ldexpf(1.0f, -126);
+    int ends = vm_exp2_nonpos(0.0f) == 1.0f && vm_exp2_nonpos(-126.0f) == tiny &&
+               vm_exp2_nonpos(-300.0f) == tiny && vm_exp2_nonpos(-INFINITY) == tiny;
+    int ok = e2 <= 1.5e-7 && e1 <= 1.5e-7 && ends;
+    printf("%-34s exp2 max rel %.2e, exp max rel %.2e, end points %s %s\n", "vmath exp accuracy",
+           e2, e1, ends ? "exact" : "WRONG", ok ? "ok" : "FAIL");
+    return ok;
+}
+
 /* Largest |scale * q . k| over all pairs, to show the large-value case reaches +-80. */
 static double max_abs_score(size_t Nq, size_t Nk, size_t D, float a, float scale)
 {
@@ -264,7 +293,7 @@ static void time_self_attention(void)
 
 int main(void)
 {
-    int ok = 1;
+    int ok = check_exp();
     ok &= check_case("odd shapes, cross", 2, 7, 13, 3, 5, 1.0f, 0.4472f, 0);
     ok &= check_case("odd shapes, causal", 2, 7, 7, 3, 5, 1.0f, 0.4472f, 1);
     ok &= check_case("one query, one key", 1, 1, 1, 1, 1, 1.0f, 1.0f, 0);
@@ -285,12 +314,25 @@ int main(void)
     ok &= check_case("large scores, causal", 1, 70, 70, 2, 16, 4.0f, 1.0f, 1);
     ok &= check_case("large scores, negative scale", 1, 33, 70, 1, 16, 4.0f, -1.0f, 0);
     ok &= check_case("self, D=200 (chunked Q^T)", 1, 50, 70, 2, 200, 1.0f, 0.0707f, 0);
+    /* tile edges of the fused column maximum and the base-2 exp: query and key counts that
+     * are not multiples of the tiles (48, 64), the UNet head dimensions, Nk = 77 */
+    ok &= check_case("self, D=40, partial tiles", 1, 100, 300, 2, 40, 1.0f, 0.1581f, 0);
+    ok &= check_case("self, D=64, partial tiles", 2, 97, 131, 1, 64, 1.0f, 0.125f, 0);
+    ok &= check_case("cross, D=80, Nk=77", 1, 50, 77, 2, 80, 1.0f, 0.1118f, 0);
+    ok &= check_case("causal, D=160, partial tiles", 1, 100, 100, 1, 160, 1.0f, 0.0791f, 1);
+    ok &= check_case("one query, D=64, Nk=200", 1, 1, 200, 3, 64, 1.0f, 0.125f, 0);
+    ok &= check_case("large scores, D=40, several tiles", 1, 60, 200, 1, 40, 2.0f, 0.5f, 0);
     ok &= check_backward("bwd cross, Nk=77, D=40", 2, 100, 77, 2, 40, 0.1581f, 0);
     ok &= check_backward("bwd self, several tiles, D=64", 1, 130, 130, 2, 64, 0.125f, 0);
     ok &= check_backward("bwd causal, unaligned tiles", 1, 150, 150, 2, 40, 0.1581f, 1);
     ok &= check_backward("bwd odd shapes, D=5", 2, 7, 13, 3, 5, 0.4472f, 0);
     ok &= check_backward("bwd D=100 (chunked K^T, V^T)", 1, 60, 70, 1, 100, 0.1f, 0);
     ok &= check_backward("bwd D=100, causal", 1, 70, 70, 3, 100, 0.1f, 1);
+    ok &= check_backward("bwd self, D=80, partial tiles", 1, 100, 70, 2, 80, 0.1118f, 0);
+    ok &= check_backward("bwd cross, Nk=77, D=64", 1, 50, 77, 2, 64, 0.125f, 0);
+    ok &= check_backward("bwd D=160 (chunked), Nk=77", 1, 50, 77, 1, 160, 0.0791f, 0);
+    /* more query rows than the backward keeps Delta for (9216): Delta per pair instead */
+    ok &= check_backward("bwd Nq=9300 (Delta per pair)", 1, 9300, 20, 2, 8, 0.3536f, 0);
     if (!baseline_build) time_self_attention(); /* the baseline-ISA build only checks correctness */
     printf("%s\n", ok ? "all attention tests passed" : "attention tests FAILED");
     return ok ? 0 : 1;

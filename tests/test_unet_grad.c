@@ -333,8 +333,11 @@ int main(void)
     unet_state_free(state);
     db_model_free(m);
     g_free(view);
+    g_free(r.out), g_free(r.wout), g_free(r.x), g_free(r.ctx);
+    g_free(dx), g_free(dctx), g_free(g1), g_free(up), g_free(ux), g_free(uc);
     char *rm[] = {"rm", "-rf", dir, NULL};
     g_spawn_sync(NULL, rm, NULL, G_SPAWN_SEARCH_PATH, NULL, NULL, NULL, NULL, NULL, NULL);
+    g_free(path), g_free(dir);
     printf("test_unet_grad: %s\n", failures ? "FAIL" : "PASS");
     return failures ? 1 : 0;
 }

@@ -10,10 +10,15 @@
 #include <fcntl.h>
 #include <unistd.h>
 #include <gegl.h>
+#include <gio/gio.h>
 #include <glib.h>
 #include <glib/gstdio.h>
+#include <math.h>
+#include <setjmp.h>
 #include <stdio.h>
 #include <string.h>
+
+#include <jpeglib.h>
 
 /* ---- GEGL's complaints while a file is read --------------------------------------------- */
 
@@ -117,6 +122,84 @@ static int check_file(const char *path, char *msg, size_t n)
     return 0;
 }
 
+/* ---- JPEG, read by libjpeg before GEGL sees it ------------------------------------------
+ * GEGL 0.4's gegl:jpg-load leaves libjpeg's default error handler in place, whose error_exit
+ * calls exit(1): one corrupt marker ends the whole process (silently here, as fd 2 is
+ * captured; found by tests/fuzz/fuzz_image). It also feeds libjpeg 0 bytes at the end of the
+ * file instead of an EOI marker. So a file that goes to jpg-load (JPEG content, or a name GLib
+ * takes for image/jpeg) is first read here the same way (the header; with decode, every
+ * scanline) with errors and warnings ("Premature end of JPEG file") turned into a refusal;
+ * GEGL then only gets files that libjpeg reads to the last scanline without a complaint. */
+typedef struct {
+    struct jpeg_error_mgr pub;
+    jmp_buf jmp;
+    char text[JMSG_LENGTH_MAX];
+} JpegCheck;
+
+static void jpeg_check_error(j_common_ptr c)
+{
+    JpegCheck *e = (JpegCheck *)c->err;
+    c->err->format_message(c, e->text);
+    longjmp(e->jmp, 1);
+}
+
+static void jpeg_check_message(j_common_ptr c, int level)
+{
+    if (level < 0) jpeg_check_error(c); /* a warning: corrupt data */
+}
+
+static int is_jpeg(const char *path, FILE *f)
+{
+    unsigned char head[2] = {0, 0};
+    size_t got = fread(head, 1, 2, f);
+    rewind(f);
+    if (got == 2 && head[0] == 0xFF && head[1] == 0xD8) return 1;
+    gchar *type = g_content_type_guess(path, NULL, 0, NULL);
+    int jpeg = g_content_type_equals(type, "image/jpeg");
+    g_free(type);
+    return jpeg;
+}
+
+/* Reads f with libjpeg; 0, or -1 with msg. */
+static int jpeg_read_checked(FILE *f, const char *path, int decode, char *msg, size_t n)
+{
+    struct jpeg_decompress_struct cinfo;
+    JpegCheck err;
+    memset(&err, 0, sizeof err);
+    cinfo.err = jpeg_std_error(&err.pub);
+    err.pub.error_exit = jpeg_check_error;
+    err.pub.emit_message = jpeg_check_message;
+    jpeg_create_decompress(&cinfo);
+    if (setjmp(err.jmp)) {
+        jpeg_destroy_decompress(&cinfo);
+        snprintf(msg, n, "%s: corrupt or truncated image (libjpeg: %s)", path, err.text);
+        return -1;
+    }
+    jpeg_stdio_src(&cinfo, f);
+    jpeg_save_markers(&cinfo, JPEG_APP0 + 2, 0xFFFF); /* the ICC profile, as jpg-load */
+    jpeg_read_header(&cinfo, TRUE);
+    if (decode) {
+        jpeg_start_decompress(&cinfo);
+        JSAMPARRAY row = (*cinfo.mem->alloc_sarray)(
+            (j_common_ptr)&cinfo, JPOOL_IMAGE, cinfo.output_width * cinfo.output_components, 1);
+        while (cinfo.output_scanline < cinfo.output_height) jpeg_read_scanlines(&cinfo, row, 1);
+    }
+    jpeg_destroy_decompress(&cinfo);
+    return 0;
+}
+
+static int jpeg_check(const char *path, int decode, char *msg, size_t n)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f) {
+        snprintf(msg, n, "%s: cannot open: %s", path, g_strerror(errno));
+        return -1;
+    }
+    int rc = is_jpeg(path, f) ? jpeg_read_checked(f, path, decode, msg, n) : 0;
+    fclose(f);
+    return rc;
+}
+
 /* The loader node's extent: the loaders read it from the header without decoding. */
 static int probe_node(GeglNode *load, const char *path, int *w, int *h, char *msg, size_t n)
 {
@@ -141,7 +224,7 @@ static int probe_node(GeglNode *load, const char *path, int *w, int *h, char *ms
 
 int image_probe(const char *path, int *width, int *height, char *msg, size_t msg_size)
 {
-    if (check_file(path, msg, msg_size)) return -1;
+    if (check_file(path, msg, msg_size) || jpeg_check(path, 0, msg, msg_size)) return -1;
     Capture c = capture_begin();
     GeglNode *graph = gegl_node_new();
     GeglNode *load = gegl_node_new_child(graph, "operation", "gegl:load", "path", path, NULL);
@@ -175,11 +258,12 @@ int image_load_rgb(const char *path, int width, int height, float **out, int *ou
                  width, height);
         return -1;
     }
-    if (check_file(path, msg, msg_size)) return -1;
+    if (check_file(path, msg, msg_size) || jpeg_check(path, 0, msg, msg_size)) return -1;
     Capture c = capture_begin();
     GeglNode *graph = gegl_node_new();
     GeglNode *load = gegl_node_new_child(graph, "operation", "gegl:load", "path", path, NULL);
     int iw = 0, ih = 0, rc = probe_node(load, path, &iw, &ih, msg, msg_size);
+    if (rc == 0) rc = jpeg_check(path, 1, msg, msg_size);
     GeglBuffer *buf = rc ? NULL : decode(graph, load);
     capture_collect(&c);
     if (rc == 0 && (!buf || captured[0])) rc = fail(msg, msg_size, path, "corrupt or truncated image");
@@ -222,11 +306,17 @@ int image_load_rgb(const char *path, int width, int height, float **out, int *ou
     if (buf) g_object_unref(buf);
     g_object_unref(graph);
     capture_end(c);
+    size_t plane = (size_t)width * height;
+    /* a float TIFF can hold NaN and infinities: the clamps below would pass NaN on */
+    for (size_t i = 0; rc == 0 && i < 4 * plane; i++)
+        if (!isfinite(px[i])) {
+            snprintf(msg, msg_size, "%s: the image has NaN or infinite pixel values", path);
+            rc = -1;
+        }
     if (rc) {
         g_free(px);
         return -1;
     }
-    size_t plane = (size_t)width * height;
     float *img = g_new(float, 3 * plane);
     for (size_t i = 0; i < plane; i++) {
         float a = px[4 * i + 3];

@@ -16,12 +16,17 @@
  * vectors, folding the alpha rescale into the load of the accumulators; O^T is transposed
  * into the output rows once per query tile (for D > 160, O += P V accumulates in the output
  * rows instead and Q^T is packed in chunks per key tile). Nothing per key tile is copied;
- * [B, H, Nq, Nk] never exists. Stack: ~75 KiB per thread forward, ~110 KiB backward.
- * Measured (2-core Zen 3, [2, 4096, 8*40], one thread, CPU time): forward ~73 GFLOP/s
- * (sgemm 2048^3: ~103), backward ~63 (10 N^2 D H B FLOP), ~2.8x the forward.
+ * [B, H, Nq, Nk] never exists. Where a key tile needs no causal mask and D <= 160, the S^T
+ * GEMM also returns the column maxima, taken from its accumulator registers (no pass over
+ * S^T for the max). exp(x) = 2^(x log2 e) through vm_exp2_nonpos (see ATT_LOG2E).
+ * Stack: ~75 KiB per thread forward, ~150 KiB backward.
+ * Measured (2-core Zen 3, one thread, CPU time, machine shared): forward [1, 4096, 4*40]
+ * ~81 GFLOP/s, [.., 4*64] ~85 (sgemm 2048^3: ~100), backward ~84 (10 N^2 D H B FLOP); the
+ * GEMM runs near the sgemm rate, the rest is mostly the exp (~15 % of the forward).
  *
  * Backward (at the end) recomputes each score tile from q, k, v, out and the saved lse
- * (p_ij = exp(s_ij - lse_i)); it stores no probabilities.
+ * (p_ij = exp(s_ij - lse_i)); it stores no probabilities. Delta_i = dO_i . O_i is computed
+ * once per work item (for up to ATT_DMAX query rows; beyond, once per pair), not per pair.
  *
  * All products go through one register-blocked GEMM (att_gemm): c [M, N] (+)= a [M, K] b [K, N]
  * where b and c have unit column stride (vectors of 8 columns, held in registers for a block
@@ -45,11 +50,20 @@
 #define ATT_QTF 7680 /* floats of the packed Q^T chunk: [ATT_QTF / ATT_BQ = 160, ATT_BQ] */
 #define ATT_DCF (ATT_QTF / ATT_BQ)
 #define ATT_DCB 80  /* head-dimension chunk of the packed K^T, V^T tiles in backward */
+#define ATT_DMAX 9216 /* backward keeps Delta of up to this many query rows (96 x 96 latents) */
+/* exp(x) = 2^(x log2(e)) by vm_exp2_nonpos: x = s - m is exact near the maximum, so the one
+ * rounding of x log2(e) stays small where the weights are large; the base-2 reduction needs
+ * no Cody-Waite split (a third fewer multiply-adds than vm_exp_nonpos, same accuracy). */
+#define ATT_LOG2E 1.44269504088896341f
 
 #if defined(__GNUC__)
 #define ATT_INLINE static inline __attribute__((always_inline))
 #define ATT_UNROLL _Pragma("GCC unroll 8")
+#if defined(__clang__) /* no noclone (only the fuzz build uses clang) */
+#define ATT_NOCLONE __attribute__((noinline))
+#else
 #define ATT_NOCLONE __attribute__((noinline, noclone))
+#endif
 #else
 #define ATT_NOCLONE
 #define ATT_INLINE static inline
@@ -59,21 +73,24 @@
 /* ---- the GEMM ----
  * c [M, N] (row stride ldc) = or += a [M, K] @ b [K, N] (row stride ldb), a (i, kk) at
  * a [i * ars + kk * aks]. mode 0: c = a b; 1: c += a b; 2: c = rs [i] * c + a b (rows
- * rescaled); 3: c = rs [j] * c + a b (columns rescaled). */
+ * rescaled); 3: c = rs [j] * c + a b (columns rescaled); 4: c = a b and rs [j] = max(rs [j],
+ * max_i c [i, j]) (the column maxima, taken from the registers). */
 #if defined(__GNUC__)
 #define ATT_HAVE_VEC 1
 typedef float att_v8 __attribute__((vector_size(32)));
 
+typedef int32_t att_i8 __attribute__((vector_size(32)));
+
 /* Block of MR rows x NV vectors of 8 columns, MR and NV constants after inlining: the
  * MR * NV accumulators, NV b vectors and one broadcast stay in registers (<= 16). */
 ATT_INLINE void att_mk(int MR, int NV, float *c, size_t ldc, const float *a, size_t ars,
-                       size_t aks, const float *b, size_t ldb, size_t K, int mode, const float *rs)
+                       size_t aks, const float *b, size_t ldb, size_t K, int mode, float *rs)
 {
     att_v8 acc[4][3];
     ATT_UNROLL for (int r = 0; r < MR; r++) {
         float sc = mode == 2 ? rs[r] : 1.0f;
         ATT_UNROLL for (int x = 0; x < NV; x++) {
-            if (mode == 0) {
+            if (mode == 0 || mode == 4) {
                 acc[r][x] = (att_v8){0};
             } else {
                 memcpy(&acc[r][x], c + r * ldc + 8 * x, 32);
@@ -99,13 +116,24 @@ ATT_INLINE void att_mk(int MR, int NV, float *c, size_t ldc, const float *a, siz
     ATT_UNROLL for (int r = 0; r < MR; r++)
         ATT_UNROLL for (int x = 0; x < NV; x++)
             memcpy(c + r * ldc + 8 * x, &acc[r][x], 32);
+    if (mode == 4)
+        ATT_UNROLL for (int x = 0; x < NV; x++) {
+            att_v8 mx;
+            memcpy(&mx, rs + 8 * x, 32);
+            ATT_UNROLL for (int r = 0; r < MR; r++) {
+                /* mx = acc > mx ? acc : mx, lane by lane (a compare and a blend) */
+                att_i8 gt = acc[r][x] > mx;
+                mx = (att_v8)(((att_i8)acc[r][x] & gt) | ((att_i8)mx & ~gt));
+            }
+            memcpy(rs + 8 * x, &mx, 32);
+        }
 }
 
 /* Columns j0 .. j0 + 8 NV - 1 of all M rows, MR rows at a time, the rest one by one (rs
  * already offset to the first column in mode 3). */
 ATT_INLINE void att_gemm_cols(int MR, int NV, float *c, size_t ldc, const float *a, size_t ars,
                               size_t aks, const float *b, size_t ldb, size_t M, size_t K, int mode,
-                              const float *rs)
+                              float *rs)
 {
     size_t i = 0;
     for (; i + (size_t)MR <= M; i += (size_t)MR)
@@ -119,11 +147,11 @@ ATT_INLINE void att_gemm_cols(int MR, int NV, float *c, size_t ldc, const float 
 
 ATT_INLINE void att_gemm_impl(float *c, size_t ldc, const float *a, size_t ars, size_t aks,
                               const float *b, size_t ldb, size_t M, size_t N, size_t K, int mode,
-                              const float *rs)
+                              float *rs)
 {
     size_t j = 0;
 #ifdef ATT_HAVE_VEC
-#define ATT_RS(j) (mode == 3 ? rs + (j) : rs)
+#define ATT_RS(j) (mode >= 3 ? rs + (j) : rs)
     /* blocks of 3 vectors (12 accumulators), ending in 2 + 2 rather than 3 + 1 */
     for (size_t nv = N / 8; nv > 0;) {
         if (nv >= 3 && nv != 4) {
@@ -146,16 +174,17 @@ ATT_INLINE void att_gemm_impl(float *c, size_t ldc, const float *a, size_t ars, 
     for (; j < N; j++)
         for (size_t i = 0; i < M; i++) {
             float sc = mode == 2 ? rs[i] : (mode == 3 ? rs[j] : 1.0f);
-            float acc = mode == 0 ? 0.0f : sc * c[i * ldc + j];
+            float acc = mode == 0 || mode == 4 ? 0.0f : sc * c[i * ldc + j];
             for (size_t kk = 0; kk < K; kk++)
                 acc += a[i * ars + kk * aks] * b[kk * ldb + j];
             c[i * ldc + j] = acc;
+            if (mode == 4 && acc > rs[j]) rs[j] = acc;
         }
 }
 
 ATT_NOCLONE static void att_gemm_generic(float *c, size_t ldc, const float *a, size_t ars, size_t aks,
                              const float *b, size_t ldb, size_t M, size_t N, size_t K, int mode,
-                             const float *rs)
+                             float *rs)
 {
     att_gemm_impl(c, ldc, a, ars, aks, b, ldb, M, N, K, mode, rs);
 }
@@ -166,10 +195,14 @@ ATT_NOCLONE static void att_gemm_generic(float *c, size_t ldc, const float *a, s
 /* fp-contract=fast lets a*b + c become one FMA in the AVX2 clones only (the project builds
  * in ISO C mode, where GCC keeps them apart). Results then differ from the baseline clone in
  * the last bits (FMA rounds once); both stay within the tests' tolerances. */
+#if defined(__clang__) /* clang contracts a*b + c by default and has no optimize attribute */
+#define ATT_AVX2 __attribute__((target("avx2,fma")))
+#else
 #define ATT_AVX2 __attribute__((target("avx2,fma"), optimize("fp-contract=fast")))
+#endif
 ATT_AVX2 ATT_NOCLONE static void att_gemm_avx2(float *c, size_t ldc, const float *a, size_t ars, size_t aks,
                                    const float *b, size_t ldb, size_t M, size_t N, size_t K,
-                                   int mode, const float *rs)
+                                   int mode, float *rs)
 {
     att_gemm_impl(c, ldc, a, ars, aks, b, ldb, M, N, K, mode, rs);
 }
@@ -207,7 +240,7 @@ ATT_INLINE void att_fwd_body(float *oh, float *lseh, const float *qh, const floa
     float qt[ATT_QTF];          /* scale * Q^T chunk [dc, ATT_BQ], zero beyond bq */
     float st[ATT_BK * ATT_BQ];  /* S^T, then P^T [bk, ATT_BQ] */
     float ot[ATT_QTF];          /* D <= ATT_DCF: O^T [D, ATT_BQ] (unnormalised) */
-    float m[ATT_BQ], l[ATT_BQ], alpha[ATT_BQ], sum[ATT_BQ];
+    float m[ATT_BQ], l[ATT_BQ], alpha[ATT_BQ], mx[ATT_BQ], sum[ATT_BQ];
     uint32_t mk[ATT_BQ];
     size_t nc = (bq + 7) / 8 * 8; /* columns computed (queries, padded to whole vectors) */
     int onechunk = D <= ATT_DCF;
@@ -219,6 +252,12 @@ ATT_INLINE void att_fwd_body(float *oh, float *lseh, const float *qh, const floa
     size_t kend = causal ? (q0 + bq < Nk ? q0 + bq : Nk) : Nk;
     for (size_t k0 = 0; k0 < kend; k0 += ATT_BK) {
         size_t bk = kend - k0 < ATT_BK ? kend - k0 : ATT_BK;
+        /* causal: key k0+j is visible to query q0+c iff k0+j <= q0+c */
+        int diag = causal && k0 + bk - 1 > q0;
+        /* one chunk, nothing masked: the GEMM also takes mx = max(m, column maxima of S^T) */
+        int fused = onechunk && !diag;
+        for (size_t c = 0; c < nc; c++)
+            mx[c] = m[c];
 
         /* st [bk, nc] = k_tile [bk, D] @ (scale q_tile)^T [D, nc], over chunks of D */
         for (size_t d0 = 0; d0 < D; d0 += ATT_DCF) {
@@ -231,42 +270,45 @@ ATT_INLINE void att_fwd_body(float *oh, float *lseh, const float *qh, const floa
                         qt[dd * ATT_BQ + c] = 0.0f;
                 }
             ATT_GEMM(wide, st, ATT_BQ, kh + k0 * ld + d0, ld, 1, qt, ATT_BQ, bk, nc, dc,
-                     d0 == 0 ? 0 : 1, NULL);
+                     fused ? 4 : (d0 == 0 ? 0 : 1), mx);
         }
 
-        /* causal: key k0+j is visible to query q0+c iff k0+j <= q0+c */
-        int diag = causal && k0 + bk - 1 > q0;
         if (diag)
             for (size_t j = 0; j < bk; j++)
                 for (size_t c = 0; c < nc; c++)
                     if (k0 + j > q0 + c) st[j * ATT_BQ + c] = -INFINITY;
 
         /* online softmax down the columns */
-        for (size_t c = 0; c < nc; c++)
-            mk[c] = att_key(m[c]);
-        for (size_t j = 0; j < bk; j++)
-            for (size_t c = 0; c < nc; c++) {
-                uint32_t key = att_key(st[j * ATT_BQ + c]);
-                mk[c] = key > mk[c] ? key : mk[c];
-            }
+        if (!fused) {
+            for (size_t c = 0; c < nc; c++)
+                mk[c] = att_key(m[c]);
+            for (size_t j = 0; j < bk; j++)
+                for (size_t c = 0; c < nc; c++) {
+                    uint32_t key = att_key(st[j * ATT_BQ + c]);
+                    mk[c] = key > mk[c] ? key : mk[c];
+                }
+            for (size_t c = 0; c < nc; c++)
+                mx[c] = att_unkey(mk[c]);
+        }
         for (size_t c = 0; c < nc; c++) {
-            float mnew = att_unkey(mk[c]); /* finite: key 0 is in the first tile */
-            alpha[c] = vm_exp_nonpos(m[c] - mnew); /* m = -inf: clamped to exp(-87), times 0 */
+            float mnew = mx[c]; /* finite: key 0 is in the first tile */
+            /* m = -inf (first tile): clamped to 2^-126, times l = 0 and never read in O^T */
+            alpha[c] = vm_exp2_nonpos(ATT_LOG2E * (m[c] - mnew));
             m[c] = mnew;
             sum[c] = 0.0f;
         }
         if (!diag) {
             for (size_t j = 0; j < bk; j++)
                 for (size_t c = 0; c < nc; c++) {
-                    float p = vm_exp_nonpos(st[j * ATT_BQ + c] - m[c]);
+                    float p = vm_exp2_nonpos(ATT_LOG2E * (st[j * ATT_BQ + c] - m[c]));
                     st[j * ATT_BQ + c] = p;
                     sum[c] += p;
                 }
         } else {
-            /* exp(-inf - m) is clamped to exp(-87), not 0: zero the hidden keys */
+            /* 2^(-inf - m) is clamped to 2^-126, not 0: zero the hidden keys */
             for (size_t j = 0; j < bk; j++)
                 for (size_t c = 0; c < nc; c++)
-                    st[j * ATT_BQ + c] = vm_exp_nonpos(st[j * ATT_BQ + c] - m[c]);
+                    st[j * ATT_BQ + c] = vm_exp2_nonpos(ATT_LOG2E * (st[j * ATT_BQ + c] - m[c]));
             for (size_t j = 0; j < bk; j++)
                 for (size_t c = 0; c < nc; c++) {
                     if (k0 + j > q0 + c) st[j * ATT_BQ + c] = 0.0f;
@@ -387,24 +429,13 @@ ATT_INLINE void att_pack_t(float *t, const float *x, size_t ld, size_t k0, size_
             t[dd * ATT_BK + j] = 0.0f;
 }
 
-/* One (query tile q0..q0+bq-1, key tile k0..k0+bk-1) pair of one head. kt, vt hold the
- * transposed key and value tile when D <= ATT_DCB (packed by the caller), else scratch.
- * dkh, dvh (both or neither) and dqh may be NULL to skip those products. When D <= ATT_DCB,
- * dK and dV go to the tile accumulators dkt, dvt [D, ATT_BK] (transposed; first: set rather
- * than add) that the caller adds into dk, dv; otherwise straight into the rows of dk, dv. */
-ATT_INLINE void att_bwd_pair(float *dqh, float *dkh, float *dvh, const float *lseh, const float *qh,
-                             const float *kh, const float *vh, const float *oh, const float *doh,
-                             size_t ld, size_t q0, size_t bq, size_t k0, size_t bk, size_t D,
-                             float scale, int causal, float *kt, float *vt, float *dkt,
-                             float *dvt, int first, int wide)
+/* delta [i] = Delta_(r0 + i) = dout_(r0+i) . out_(r0+i) for n rows, with 8 interleaved
+ * partial sums (vectorises; one function, so every mode gets the same bits). */
+ATT_INLINE void att_bwd_delta(float *delta, const float *oh, const float *doh, size_t ld,
+                              size_t r0, size_t n, size_t D)
 {
-    float s[ATT_BQ * ATT_BK];  /* scores, then P [bq, ATT_BK] */
-    float ds[ATT_BQ * ATT_BK]; /* dP, then scale * dS [bq, ATT_BK] */
-    float delta[ATT_BQ];
-
-    /* Delta with 8 interleaved partial sums (vectorises; the same order in every mode) */
-    for (size_t i = 0; i < bq; i++) {
-        const float *o = oh + (q0 + i) * ld, *g = doh + (q0 + i) * ld;
+    for (size_t i = 0; i < n; i++) {
+        const float *o = oh + (r0 + i) * ld, *g = doh + (r0 + i) * ld;
         float acc[8] = {0};
         size_t d = 0;
         for (; d + 8 <= D; d += 8)
@@ -412,8 +443,25 @@ ATT_INLINE void att_bwd_pair(float *dqh, float *dkh, float *dvh, const float *ls
                 acc[t] += g[d + t] * o[d + t];
         for (int t = 0; d < D; d++, t++)
             acc[t] += g[d] * o[d];
-        delta[i] = ((acc[0] + acc[4]) + (acc[2] + acc[6])) + ((acc[1] + acc[5]) + (acc[3] + acc[7]));
+        delta[i] =
+            ((acc[0] + acc[4]) + (acc[2] + acc[6])) + ((acc[1] + acc[5]) + (acc[3] + acc[7]));
     }
+}
+
+/* One (query tile q0..q0+bq-1, key tile k0..k0+bk-1) pair of one head; delta [bq] holds
+ * Delta of its rows. kt, vt hold the transposed key and value tile when D <= ATT_DCB
+ * (packed by the caller), else scratch.
+ * dkh, dvh (both or neither) and dqh may be NULL to skip those products. When D <= ATT_DCB,
+ * dK and dV go to the tile accumulators dkt, dvt [D, ATT_BK] (transposed; first: set rather
+ * than add) that the caller adds into dk, dv; otherwise straight into the rows of dk, dv. */
+ATT_INLINE void att_bwd_pair(float *dqh, float *dkh, float *dvh, const float *lseh, const float *qh,
+                             const float *kh, const float *vh, const float *doh,
+                             size_t ld, size_t q0, size_t bq, size_t k0, size_t bk, size_t D,
+                             float scale, int causal, const float *delta, float *kt, float *vt,
+                             float *dkt, float *dvt, int first, int wide)
+{
+    float s[ATT_BQ * ATT_BK];  /* scores, then P [bq, ATT_BK] */
+    float ds[ATT_BQ * ATT_BK]; /* dP, then scale * dS [bq, ATT_BK] */
 
     /* S = q k^T and dP = dout v^T, over chunks of D */
     for (size_t d0 = 0; d0 < D; d0 += ATT_DCB) {
@@ -435,7 +483,7 @@ ATT_INLINE void att_bwd_pair(float *dqh, float *dkh, float *dvh, const float *ls
         if (causal) nv = q0 + i + 1 <= k0 ? 0 : (q0 + i + 1 - k0 < bk ? q0 + i + 1 - k0 : bk);
         float lv = lseh[q0 + i], dl = delta[i];
         for (size_t j = 0; j < nv; j++) {
-            float p = vm_exp_nonpos(scale * si[j] - lv);
+            float p = vm_exp2_nonpos(ATT_LOG2E * (scale * si[j] - lv));
             si[j] = p;
             di[j] = scale * (p * (di[j] - dl));
         }
@@ -471,10 +519,13 @@ ATT_INLINE void att_bwd_body(float *dqh, float *dkh, float *dvh, const float *ls
 {
     float kt[ATT_DCB * ATT_BK], vt[ATT_DCB * ATT_BK]; /* K^T, V^T [dc, ATT_BK] */
     float dkt[ATT_DCB * ATT_BK], dvt[ATT_DCB * ATT_BK]; /* dK^T, dV^T of a key tile */
+    float dtile[ATT_BQ]; /* Delta of one query tile */
+    float dall[ATT_DMAX]; /* Delta of all Nq rows, when Nq <= ATT_DMAX */
     int packed = D <= ATT_DCB;
     if (mode == 2) {
         size_t q0 = tile * ATT_BQ, bq = Nq - q0 < ATT_BQ ? Nq - q0 : ATT_BQ;
         size_t kend = causal ? (q0 + bq < Nk ? q0 + bq : Nk) : Nk;
+        att_bwd_delta(dtile, oh, doh, ld, q0, bq, D);
         for (size_t k0 = 0; k0 < kend; k0 += ATT_BK) {
             /* the pair sees keys k0 .. k0+bk-1 of the whole tile, as in the other modes */
             size_t bk = Nk - k0 < ATT_BK ? Nk - k0 : ATT_BK;
@@ -482,12 +533,15 @@ ATT_INLINE void att_bwd_body(float *dqh, float *dkh, float *dvh, const float *ls
                 att_pack_t(kt, kh, ld, k0, bk, 0, D);
                 att_pack_t(vt, vh, ld, k0, bk, 0, D);
             }
-            att_bwd_pair(dqh, NULL, NULL, lseh, qh, kh, vh, oh, doh, ld, q0, bq, k0, bk, D, scale,
-                         causal, kt, vt, NULL, NULL, 0, wide);
+            att_bwd_pair(dqh, NULL, NULL, lseh, qh, kh, vh, doh, ld, q0, bq, k0, bk, D, scale,
+                         causal, dtile, kt, vt, NULL, NULL, 0, wide);
         }
         return;
     }
     size_t kt0 = mode == 1 ? tile : 0, kt1 = mode == 1 ? tile + 1 : (Nk + ATT_BK - 1) / ATT_BK;
+    /* Delta once per call rather than once per pair (out is read nowhere else) */
+    int keep = Nq <= ATT_DMAX;
+    if (keep) att_bwd_delta(dall, oh, doh, ld, 0, Nq, D);
     for (size_t t = kt0; t < kt1; t++) {
         size_t k0 = t * ATT_BK, bk = Nk - k0 < ATT_BK ? Nk - k0 : ATT_BK;
         if (packed) {
@@ -496,10 +550,13 @@ ATT_INLINE void att_bwd_body(float *dqh, float *dkh, float *dvh, const float *ls
         }
         /* causal (Nq == Nk): query tiles ending at or before k0 see none of these keys */
         size_t qstart = causal ? k0 / ATT_BQ * ATT_BQ : 0;
-        for (size_t q0 = qstart; q0 < Nq; q0 += ATT_BQ)
-            att_bwd_pair(mode == 0 ? dqh : NULL, dkh, dvh, lseh, qh, kh, vh, oh, doh, ld, q0,
-                         Nq - q0 < ATT_BQ ? Nq - q0 : ATT_BQ, k0, bk, D, scale, causal, kt, vt,
-                         dkt, dvt, q0 == qstart, wide);
+        for (size_t q0 = qstart; q0 < Nq; q0 += ATT_BQ) {
+            size_t bq = Nq - q0 < ATT_BQ ? Nq - q0 : ATT_BQ;
+            if (!keep) att_bwd_delta(dtile, oh, doh, ld, q0, bq, D);
+            att_bwd_pair(mode == 0 ? dqh : NULL, dkh, dvh, lseh, qh, kh, vh, doh, ld, q0, bq,
+                         k0, bk, D, scale, causal, keep ? dall + q0 : dtile, kt, vt, dkt, dvt,
+                         q0 == qstart, wide);
+        }
         if (packed)
             for (size_t j = 0; j < bk; j++) {
                 float *gk = dkh + (k0 + j) * ld, *gv = dvh + (k0 + j) * ld;

@@ -48,6 +48,36 @@ VM_INLINE float vm_exp_nonpos(float x)
     return p * s;
 }
 
+/* 2^x for x <= 0 (tiny positive x also fine), max relative error 8.0e-8 (measured over every
+ * float in [-126, 0] with FMA contraction; vm_exp_nonpos: 8.5e-8). x = n + r, |r| <= 1/2,
+ * n = round(x) and r = x - n both exact, so no Cody-Waite split is needed; 2^r by the
+ * degree-6 polynomial of Cephes exp2f; 2^n built in the exponent bits. Inputs below -126
+ * are clamped (2^-126 is the smallest normal float), as in vm_exp_nonpos. exp(y) =
+ * vm_exp2_nonpos(y log2(e)) saves a third of the multiply-adds where y log2(e) comes for
+ * free (a scale folded into an operand). */
+VM_INLINE float vm_exp2_nonpos(float x)
+{
+    const uint32_t lim = 0xC2FC0000u; /* bits of -126.0f */
+    uint32_t u;
+    memcpy(&u, &x, sizeof u);
+    u = u > lim ? lim : u;
+    float v;
+    memcpy(&v, &u, sizeof v);
+    float nf = (v + 12582912.0f) - 12582912.0f; /* round to nearest via 1.5*2^23 */
+    float r = v - nf;
+    float p = 1.535336188319500e-4f;
+    p = p * r + 1.339887440266574e-3f;
+    p = p * r + 9.618437357674640e-3f;
+    p = p * r + 5.550332471162809e-2f;
+    p = p * r + 2.402264791363012e-1f;
+    p = p * r + 6.931472028550421e-1f;
+    p = p * r + 1.0f;
+    int32_t bits = ((int32_t)nf + 127) * (1 << 23);
+    float s;
+    memcpy(&s, &bits, sizeof s);
+    return p * s;
+}
+
 /* Phi(x) = 0.5 erfc(-x / sqrt(2)), the standard normal CDF. With z = |x| / sqrt(2),
  * t = 1 / (1 + z/2):
  *   erfc(z) = t * exp(-z^2 + g(t)),  g(t) = log(erfc(z) / t) + z^2,

@@ -2,7 +2,8 @@
 # SPDX-License-Identifier: GPL-3.0-or-later
 """Writes the seed corpora of the fuzz targets into tests/fuzz/corpus/<target>/.
 
-  make_corpus.py --models DIR
+  make_corpus.py --models DIR     all targets
+  make_corpus.py                  fuzz_image only (PIL, no models needed)
 
 DIR holds what `dreambooth init-model` wrote (see tests/fuzz/README.md):
   tiny-sd1.safetensors, tiny-sd2.safetensors (single files) and
@@ -13,9 +14,13 @@ data_offsets to keep the corpus small. Reproducers of fixed findings are kept in
 corpus/<target>/crash-* and are never overwritten here.
 """
 import argparse
+import io
 import json
 import os
+import pickle
 import struct
+import zipfile
+import zlib
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -123,8 +128,24 @@ def model_seeds(models):
     s["unet-only"] = b'{"model.diffusion_model.input_blocks.0.0.weight":{"dtype":"F32","shape":[32,4,3,3]}}'
     s["diffusers-net"] = b'{"conv_in.weight":{"dtype":"F32","shape":[32,4,3,3]}}'
     s["raw-small"] = st_file([("model.diffusion_model.input_blocks.0.0.weight", "F32", [1, 1, 1, 1], b"\0" * 4)])
+    s.update(ckpt_seeds())
+    return s
+
+
+def ckpt_seeds():
+    """What .ckpt files look like: an old protocol-2 pickle of a state dict and torch.save's zip
+    with archive/data.pkl (refused by content, never unpickled)."""
+    s = {}
     s["pickle"] = b"\x80\x02}q\x00."
     s["zip"] = b"PK\x03\x04" + b"\0" * 26
+    s["ckpt-pickle"] = pickle.dumps({"state_dict": {"model.diffusion_model.out.2.bias": [0.0] * 4},
+                                     "global_step": 470000}, protocol=2)
+    z = io.BytesIO()
+    with zipfile.ZipFile(z, "w") as zf:
+        t = (1980, 1, 1, 0, 0, 0)  # fixed, so the seed does not change between runs
+        zf.writestr(zipfile.ZipInfo("archive/data.pkl", t), pickle.dumps({"state_dict": {}}, protocol=2))
+        zf.writestr(zipfile.ZipInfo("archive/version", t), "3\n")
+    s["ckpt-zip"] = z.getvalue()
     return s
 
 
@@ -209,6 +230,92 @@ def tokenizer_seeds(models, prompts_file):
     return s
 
 
+IMAGE_EXT = {"png": 0, "jpg": 1, "tif": 2, "gif": 3, "ppm": 4, "pgm": 5, "webp": 6, "pnm": 7}
+
+
+def png_chunk(kind, data):
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def png_raw(w, h, depth=8, colour=2, rows=None):
+    """A PNG written by hand (for sizes and corruptions PIL would not write)."""
+    ihdr = struct.pack(">IIBBBBB", w, h, depth, colour, 0, 0, 0)
+    idat = zlib.compress(rows if rows is not None else b"")
+    return b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", ihdr) + png_chunk(b"IDAT", idat) + png_chunk(b"IEND", b"")
+
+
+def bad_dqt(jpeg):
+    """The first quantisation table's index set to 5 (valid ones are 0..3)."""
+    at = jpeg.index(b"\xff\xdb") + 4
+    return jpeg[:at] + bytes([5]) + jpeg[at + 1:]
+
+
+def image_seeds():
+    """fuzz_image: first byte = extension index | target size (0 own, 1 64x64, 2 16x40, 3 8x8) << 3."""
+    from PIL import Image
+
+    def sel(ext, size=0):
+        return bytes([IMAGE_EXT[ext] | size << 3])
+
+    def pil(mode, w, h, fmt, **kw):
+        im = Image.new(mode, (w, h))
+        n = len(im.getbands())
+        maxv = {"I;16": 65535, "I": 65535, "F": 1.0}.get(mode, 255)
+        px = [tuple((x * 37 + y * 11 + c * 53) % (maxv + 1) if maxv != 1.0 else (x - y) / 8.0
+                    for c in range(n)) if n > 1 else
+              ((x * 37 + y * 11) % (maxv + 1) if maxv != 1.0 else (x - y) / 8.0)
+              for y in range(h) for x in range(w)]
+        im.putdata(px)
+        b = io.BytesIO()
+        im.save(b, fmt, **kw)
+        return b.getvalue()
+
+    s = {
+        "png-rgb": sel("png") + pil("RGB", 16, 16, "PNG"),
+        "png-rgba-crop": sel("png", 2) + pil("RGBA", 8, 16, "PNG"),
+        "png-gray": sel("png", 1) + pil("L", 8, 8, "PNG"),
+        "png-gray16": sel("png") + pil("I;16", 8, 8, "PNG"),
+        "png-la": sel("png", 3) + pil("LA", 9, 9, "PNG"),
+        "png-palette": sel("png") + pil("P", 8, 8, "PNG", transparency=3),
+        "png-1bit": sel("png") + pil("1", 16, 8, "PNG"),
+        "png-handmade": sel("png", 1) + png_raw(8, 8, rows=b"".join(b"\0" + bytes(range(y, y + 24))
+                                                                  for y in range(8))),
+        "png-truncated": sel("png") + pil("RGB", 16, 16, "PNG")[:-30],
+        "png-0x0": sel("png") + png_raw(0, 0),
+        "png-4x4": sel("png") + png_raw(4, 4, rows=b"\0" * 13 * 4),
+        "png-huge": sel("png") + png_raw(30000, 30000),
+        "png-short-rows": sel("png") + png_raw(8, 8, rows=b"\0" * 20),
+        "jpg-rgb": sel("jpg") + pil("RGB", 16, 16, "JPEG", quality=50),
+        "jpg-gray-crop": sel("jpg", 2) + pil("L", 16, 8, "JPEG"),
+        "jpg-cmyk": sel("jpg", 1) + pil("CMYK", 8, 8, "JPEG"),
+        "jpg-progressive": sel("jpg") + pil("RGB", 8, 8, "JPEG", progressive=True),
+        "jpg-truncated": sel("jpg") + pil("RGB", 16, 16, "JPEG")[:200],
+        # libjpeg errors (here "Bogus DQT index 5") made GEGL's jpg-load exit(1)
+        "jpg-bad-dqt": sel("jpg") + bad_dqt(pil("RGB", 8, 8, "JPEG")),
+        "tif-rgb": sel("tif") + pil("RGB", 8, 8, "TIFF"),
+        "tif-lzw": sel("tif", 2) + pil("RGBA", 16, 8, "TIFF", compression="tiff_lzw"),
+        "tif-float": sel("tif") + pil("F", 8, 8, "TIFF"),
+        "tif-gray16": sel("tif", 1) + pil("I;16", 8, 8, "TIFF"),
+        "tif-cmyk": sel("tif") + pil("CMYK", 8, 8, "TIFF"),
+        "gif": sel("gif") + pil("P", 8, 8, "GIF"),
+        "gif-transparent": sel("gif", 1) + pil("P", 16, 8, "GIF", transparency=0),
+        "webp-lossless": sel("webp") + pil("RGBA", 8, 8, "WEBP", lossless=True),
+        "webp-lossy": sel("webp", 2) + pil("RGB", 16, 16, "WEBP", quality=20),
+        "ppm-p6": sel("ppm") + b"P6\n8 8\n255\n" + bytes(range(192)),
+        "ppm-p6-16bit": sel("ppm", 1) + b"P6 8 8 65535\n" + bytes(i % 256 for i in range(384)),
+        "ppm-p3-ascii": sel("ppm") + b"P3\n# comment\n8 8\n15\n" + b" ".join(b"%d" % (i % 16) for i in range(192)),
+        "ppm-truncated": sel("ppm") + b"P6\n8 8\n255\n" + bytes(100),
+        "ppm-huge": sel("ppm") + b"P6\n65535 65535\n255\n" + bytes(16),
+        "pgm-p5": sel("pgm", 3) + b"P5\n8 16\n255\n" + bytes(range(128)),
+        "pgm-p2-ascii": sel("pgm") + b"P2 8 8 100 " + b" ".join(b"%d" % i for i in range(64)),
+        "pnm-pbm": sel("pnm") + b"P4\n8 8\n" + bytes(8),
+        "garbage": sel("png") + b"not an image at all",
+        "empty": sel("jpg"),
+        "wrong-ext": sel("gif") + pil("RGB", 8, 8, "PNG"),
+    }
+    return s
+
+
 def write(target, seeds):
     d = os.path.join(HERE, "corpus", target)
     os.makedirs(d, exist_ok=True)
@@ -223,10 +330,14 @@ def write(target, seeds):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--models", required=True)
+    ap.add_argument("--models", help="what init-model wrote (see the docstring); without it, "
+                    "only the fuzz_image seeds are written")
     ap.add_argument("--prompts", default=os.path.join(HERE, "..", "..", "..", "shared", "data",
                                                       "dreambooth", "prompts_and_classes.txt"))
     a = ap.parse_args()
+    write("fuzz_image", image_seeds())
+    if not a.models:
+        return
     write("fuzz_safetensors", safetensors_seeds())
     write("fuzz_model", model_seeds(a.models))
     write("fuzz_config", config_seeds(a.models))
