@@ -162,10 +162,15 @@ int unet_upsample_forward(float *out, const UnetWork *wk, const float *inp, cons
 /* ---- training blocks (unet_blocks_backward.c) ----
  * *_train_forward: the block's forward with the view's fp32 masters and LoRA adapters,
  * saving what its backward needs into acts [*_acts_size floats]. *_backward: the same block
- * read bottom-up; accumulates (+=) dinp (may be NULL), dtemb [B, T] (resnets), dctx [B, S, X]
- * (transformers, may be NULL) and the view's parameter gradients; scratch [*_bwd_size floats]
- * is overwritten. R: the view's largest LoRA rank (0 without LoRA). Int results as
- * conv2d_forward's. Both may be called again for the same block (checkpointing recomputes). */
+ * read bottom-up; accumulates (+=) dinp (may be NULL), dtemb [B, T] (resnets, may be NULL),
+ * dctx [B, S, X] (transformers, may be NULL) and the view's parameter gradients; scratch
+ * [*_bwd_size floats] is overwritten. Train forwards also overwrite wk->work with what their
+ * backward does not read: [B, Cout, HW] (a resnet's shortcut output), [B*H*W, 4C] (a
+ * transformer's GroupNorm, GEGLU and proj_out outputs; the backward recomputes the GEGLU
+ * output into its scratch when ff_out trains). A resnet's backward skips
+ * conv1's input gradient and GroupNorm1's backward when dinp is NULL and norm1 is frozen.
+ * R: the view's largest LoRA rank (0 without LoRA). Int results as conv2d_forward's. Both
+ * may be called again for the same block (checkpointing recomputes). */
 size_t unet_resnet_acts_size(size_t cin, size_t cout, size_t B, size_t HW, size_t G, size_t R);
 size_t unet_resnet_bwd_size(size_t cin, size_t cout, size_t B, size_t HW, size_t R);
 int unet_resnet_train_forward(float *out, float *acts, const UnetWork *wk, const float *inp,
@@ -223,7 +228,12 @@ DbStatus unet_forward(float *out, UnetActs *a, const UnetWork *wk, const float *
  * others share one region sized to the largest of them and are recomputed right before their
  * backward (checkpointing). UNET_CKPT_ALL (0): every block recomputed (smallest memory; a
  * block without internals, e.g. a downsampler without LoRA, is always kept);
- * UNET_CKPT_NONE (SIZE_MAX): every block kept. All budgets give identical gradients. */
+ * UNET_CKPT_NONE (SIZE_MAX): every block kept. What a finite budget leaves after the internals
+ * goes to fp32 copies of frozen half-precision weights, widened once in unet_train_new (else
+ * widened on every use, forward and backward): the copies save the most widenings per byte
+ * come first; UNET_CKPT_NONE and UNET_CKPT_ALL make none. All budgets give identical
+ * gradients. The view is copied (it may be freed after unet_train_new; the tensors it points
+ * to may not). */
 #define UNET_CKPT_ALL ((size_t)0)
 #define UNET_CKPT_NONE SIZE_MAX
 typedef struct UnetTrain UnetTrain;
@@ -242,11 +252,14 @@ DbStatus unet_train_size(size_t *bytes, const UnetParams *view, const UnetConfig
  * state, inputs); fixed_bytes: unet_train_size with UNET_CKPT_ALL. The kept internals then
  * come on top of the all-checkpointed allocation (whose shared region can only shrink). */
 size_t unet_train_default_budget(size_t limit_bytes, size_t resident_bytes, size_t fixed_bytes);
-/* The plan's numbers: steps, kept steps, their bytes, the shared region's bytes, and the
- * earliest step holding a trainable tensor (n_steps: none). */
+/* The plan's numbers: steps, kept steps, their bytes, the shared region's bytes, the
+ * earliest step holding a trainable tensor (n_steps: none), and the frozen weights held as
+ * fp32 copies for the run and their bytes. */
 typedef struct {
     int n_steps, n_kept, first_train;
     size_t kept_bytes, shared_bytes;
+    int n_wcached;
+    size_t wcache_bytes;
 } UnetTrainInfo;
 void unet_train_info(const UnetTrain *t, UnetTrainInfo *info);
 size_t unet_train_floats(const UnetTrain *t); /* floats of its allocation */

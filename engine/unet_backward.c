@@ -29,6 +29,7 @@
 #include "unet.h"
 
 #include "kernels.h"
+#include "weights.h"
 
 #include <math.h>
 #include <stdint.h>
@@ -51,9 +52,30 @@ typedef struct {
 
 #define MAX_STEPS (DB_MAX_BLOCKS * (4 * UNET_MAX_LAYERS + 6) + 3)
 #define MAX_TENSORS (MAX_STEPS + 1)
+#define STEP_LINS 12 /* most layers in one step (a transformer) */
+#define MAX_WLINS (MAX_STEPS * STEP_LINS + 4)
+
+/* GEMM flops that cost as much time as widening one half-precision weight element (one
+ * memory pass: 2 bytes read, 4 written, about 0.3 ns, against sgemm at about 60 GFLOP/s on
+ * two cores): the value of an fp32 copy is uses * WIDEN_FLOPS per element, 4 bytes. */
+#define WIDEN_FLOPS 16.0
+
+typedef struct {
+    double value;
+    int i;
+} ValueRank;
+
+/* A frozen half-precision weight that may get an fp32 copy (wf) for the training run. */
+typedef struct {
+    UnetLin *l; /* in UnetTrain.pv */
+    int step;   /* its step, -1: time MLP, conv_in, conv_out */
+    double uses; /* widenings per training step without the copy */
+    int keep;
+} WLin;
 
 struct UnetTrain {
-    const UnetParams *p;
+    UnetParams pv; /* the caller's view, copied: cached weights set wf */
+    const UnetParams *p; /* &pv */
     const UnetConfig *c;
     UnetDims d;
     size_t R;
@@ -63,6 +85,12 @@ struct UnetTrain {
     int all_needed;              /* time MLP or conv_in trainable: every step runs */
     int n_kept;
     size_t kept_floats, shared_floats;
+    WLin wl[MAX_WLINS];
+    int n_wl, n_wcached;
+    size_t wcache_floats;
+    ValueRank rank[MAX_WLINS]; /* choose_kept's work */
+    size_t rank_n[MAX_WLINS];
+    int rank_keep[MAX_WLINS];
     int n_step, n_tensor;
     float *x[MAX_TENSORS], *dx[MAX_TENSORS];
     size_t n[MAX_TENSORS];
@@ -273,11 +301,14 @@ static int step_backward(UnetTrain *t, const Step *s, float *dctx, int need_din)
     const size_t X = (size_t)t->c->cross_dim, R = t->R;
     const float *acts = step_acts(t, s), *dout = t->dx[s->out], *in = t->x[s->in];
     float *din = need_din ? t->dx[s->in] : NULL;
+    /* dtemb feeds only the time MLP's backward */
+    const UnetParams *p = t->p;
+    float *dtemb = p->time_1.dw || p->time_1.db || p->time_2.dw || p->time_2.db ? t->dtemb : NULL;
     int rc = 0;
     switch (s->kind) {
     case STEP_RES:
         if (s->skip < 0)
-            return unet_resnet_backward(din, t->dtemb, acts, dout, in, t->temb, s->p, &t->wk,
+            return unet_resnet_backward(din, dtemb, acts, dout, in, t->temb, s->p, &t->wk,
                                         t->scratch, B, s->h, s->w, T, G, R);
         /* the cat was rebuilt by step_forward (recomputed step) or is rebuilt here (kept) */
         if (s->keep)
@@ -285,7 +316,7 @@ static int step_backward(UnetTrain *t, const Step *s, float *dctx, int need_din)
                                     s->h * s->w);
         if (need_din)
             memset(t->dcat, 0, B * s->cin * s->h * s->w * sizeof(float));
-        rc = unet_resnet_backward(need_din ? t->dcat : NULL, t->dtemb, acts, dout, t->cat,
+        rc = unet_resnet_backward(need_din ? t->dcat : NULL, dtemb, acts, dout, t->cat,
                                   t->temb, s->p, &t->wk, t->scratch, B, s->h, s->w, T, G, R);
         if (need_din)
             concat_channels_backward(din, t->dx[s->skip], t->dcat, B, s->cx, s->cin - s->cx,
@@ -322,40 +353,123 @@ static void mark_needed(UnetTrain *t)
                     lin_trainable(&p->conv_in);
 }
 
-typedef struct {
-    int tier; /* 0: reachable by a parameter gradient; 1: below the earliest trainable step */
-    double value;
-    int i;
-} KeepRank;
-
-static int keep_order(const void *pa, const void *pb)
+/* Adds l to the weight candidates when it is a frozen weight that unet_weight widens (half
+ * precision, or unaligned F32); bwd: read by the backward of a reached step. */
+static void add_wlin(UnetTrain *t, const UnetLin *cl, int step, double fwd_uses, int bwd)
 {
-    const KeepRank *a = pa, *b = pb;
-    if (a->tier != b->tier)
-        return a->tier - b->tier;
+    UnetLin *l = (UnetLin *)cl; /* points into t->pv, which t owns */
+    if (!l->w || l->wf || !weight_needs_scratch(l->w))
+        return;
+    WLin *w = &t->wl[t->n_wl++];
+    w->l = l, w->step = step, w->uses = fwd_uses + bwd, w->keep = 0;
+}
+
+/* The candidates for fp32 copies and their widenings per plain training step (no dsample,
+ * no dctx): once in the forward, again when a reached step is recomputed, once in a reached
+ * step's backward (except the cross-attention K/V and the time projection, whose input
+ * gradients only a trainable time MLP or dctx need). */
+static void collect_wlins(UnetTrain *t)
+{
+    const UnetParams *p = t->p;
+    t->n_wl = 0;
+    for (int i = 0; i < t->n_step; i++) {
+        const Step *s = &t->step[i];
+        const int reached = t->all_needed || i >= t->first_train;
+        const double fwd = 1.0 + (reached && !s->keep);
+        switch (s->kind) {
+        case STEP_RES: {
+            const UnetResnet *r = s->p;
+            add_wlin(t, &r->conv1, i, fwd, reached);
+            add_wlin(t, &r->time_emb_proj, i, fwd, reached && t->all_needed);
+            add_wlin(t, &r->conv2, i, fwd, reached);
+            add_wlin(t, &r->conv_shortcut, i, fwd, reached);
+            break;
+        }
+        case STEP_ATTN: {
+            const UnetTransformer *a = s->p;
+            const UnetLin *lin[] = {&a->proj_in, &a->q1, &a->k1, &a->v1, &a->o1, &a->q2,
+                                    &a->o2, &a->ff_in, &a->ff_out, &a->proj_out};
+            for (size_t k = 0; k < sizeof lin / sizeof lin[0]; k++)
+                add_wlin(t, lin[k], i, fwd, reached);
+            add_wlin(t, &a->k2, i, fwd, 0);
+            add_wlin(t, &a->v2, i, fwd, 0);
+            break;
+        }
+        default:
+            add_wlin(t, s->p, i, fwd, reached);
+        }
+    }
+    add_wlin(t, &p->time_1, -1, 1.0, 0);
+    add_wlin(t, &p->time_2, -1, 1.0, t->all_needed);
+    add_wlin(t, &p->conv_in, -1, 1.0, 0);
+    add_wlin(t, &p->conv_out, -1, 1.0, 1);
+}
+
+static int value_order(const void *pa, const void *pb)
+{
+    const ValueRank *a = pa, *b = pb;
     if (a->value != b->value)
         return a->value > b->value ? -1 : 1;
     return a->i - b->i;
 }
 
-/* Chooses the kept steps under budget bytes (greedy by step_flops per byte, see the top) and
- * lays out their regions; the other steps share t->shared. */
+/* Keeps the items of r (n, sorted) whose floats fit *left bytes, in order; sizes[i] floats,
+ * keep[i] set. */
+static void greedy(const ValueRank *r, int n, const size_t *sizes, int *keep, size_t *left)
+{
+    for (int k = 0; k < n; k++) {
+        const size_t f = sizes[r[k].i];
+        keep[r[k].i] = f <= *left / sizeof(float);
+        if (keep[r[k].i])
+            *left -= f * sizeof(float);
+    }
+}
+
+/* Spends budget bytes (see the top) in three rounds, each greedy by value per byte:
+ *   1. internals of the steps a plain training step runs backward (recompute FLOPs per byte);
+ *   2. fp32 copies of frozen half-precision weights (uses * WIDEN_FLOPS per element): a few
+ *      FLOPs per byte against hundreds for internals, so they take what round 1 leaves;
+ *      UNET_CKPT_NONE keeps every step but copies no weight (memory as without copies);
+ *   3. internals of the steps below the earliest trainable one (only a dsample/dctx backward
+ *      reads them).
+ * Lays out the kept internals; the other steps share t->shared. */
 static void choose_kept(UnetTrain *t, size_t budget)
 {
-    KeepRank r[MAX_STEPS];
-    for (int i = 0; i < t->n_step; i++) {
-        const Step *s = &t->step[i];
-        r[i].tier = i < t->first_train && !t->all_needed;
-        r[i].value = s->acts_n ? s->flops / ((double)s->acts_n * sizeof(float)) : INFINITY;
-        r[i].i = i;
-    }
-    qsort(r, (size_t)t->n_step, sizeof r[0], keep_order);
+    ValueRank *r = t->rank;
+    size_t *sz = t->rank_n;
+    int *keep = t->rank_keep;
     size_t left = budget;
-    for (int k = 0; k < t->n_step; k++) {
-        Step *s = &t->step[r[k].i];
-        s->keep = s->acts_n <= left / sizeof(float);
-        if (s->keep)
-            left -= s->acts_n * sizeof(float);
+    for (int round = 1; round <= 3; round++) {
+        int n = 0;
+        if (round == 2) {
+            collect_wlins(t);
+            if (budget != UNET_CKPT_NONE)
+                for (int k = 0; k < t->n_wl; k++) {
+                    sz[k] = t->wl[k].l->w->t.nelem;
+                    r[n].value = t->wl[k].uses * WIDEN_FLOPS / sizeof(float);
+                    r[n++].i = k;
+                }
+        } else {
+            for (int i = 0; i < t->n_step; i++) {
+                const Step *s = &t->step[i];
+                const int tier = i < t->first_train && !t->all_needed;
+                sz[i] = s->acts_n;
+                if (tier != (round == 3))
+                    continue;
+                r[n].value = s->acts_n ? s->flops / ((double)s->acts_n * sizeof(float)) : INFINITY;
+                r[n++].i = i;
+            }
+        }
+        qsort(r, (size_t)n, sizeof r[0], value_order);
+        for (int k = 0; k < n; k++)
+            keep[r[k].i] = 0;
+        greedy(r, n, sz, keep, &left);
+        for (int k = 0; k < n; k++) {
+            if (round == 2)
+                t->wl[r[k].i].keep = keep[r[k].i];
+            else
+                t->step[r[k].i].keep = keep[r[k].i];
+        }
     }
     t->n_kept = 0, t->kept_floats = t->shared_floats = 0;
     for (int i = 0; i < t->n_step; i++) {
@@ -365,6 +479,10 @@ static void choose_kept(UnetTrain *t, size_t budget)
         else
             t->shared_floats = zmax(t->shared_floats, s->acts_n);
     }
+    t->n_wcached = 0, t->wcache_floats = 0;
+    for (int k = 0; k < t->n_wl; k++)
+        if (t->wl[k].keep)
+            t->wcache_floats += t->wl[k].l->w->t.nelem, t->n_wcached++;
 }
 
 typedef struct {
@@ -396,7 +514,8 @@ static int train_layout(UnetTrain *t, TrainSizes *z, size_t budget, size_t wscra
     z->conv = unet_conv_scratch_size(c, &t->d);
     ok &= add_ok(&z->total, B * C0 + 7 * B * T) && add_ok(&z->total, 2 * z->cat) &&
           add_ok(&z->total, 2 * B * G + 2 * B * C0 * HW0) && add_ok(&z->total, t->kept_floats) &&
-          add_ok(&z->total, t->shared_floats) && add_ok(&z->total, z->bwd) &&
+          add_ok(&z->total, t->shared_floats) && add_ok(&z->total, t->wcache_floats) &&
+          add_ok(&z->total, z->bwd) &&
           add_ok(&z->total, z->conv) && add_ok(&z->total, wscratch_floats) &&
           z->total <= SIZE_MAX / sizeof(float);
     return ok;
@@ -422,7 +541,7 @@ DbStatus unet_train_size(size_t *bytes, const UnetParams *view, const UnetConfig
     UnetTrain *t = calloc(1, sizeof *t);
     if (!t)
         return db_fail(err, DB_ERR_NOMEM, "UNet training: out of memory");
-    t->p = view, t->c = c, t->d = *d, t->R = lora_rank;
+    t->pv = *view, t->p = &t->pv, t->c = c, t->d = *d, t->R = lora_rank;
     TrainSizes z;
     const int ok = train_layout(t, &z, act_budget, wscratch_floats);
     free(t);
@@ -453,7 +572,7 @@ DbStatus unet_train_new(UnetTrain **out, const UnetParams *view, const UnetConfi
     UnetTrain *t = calloc(1, sizeof *t);
     if (!t)
         return db_fail(err, DB_ERR_NOMEM, "UNet training: out of memory");
-    t->p = view, t->c = c, t->d = *d, t->R = lora_rank;
+    t->pv = *view, t->p = &t->pv, t->c = c, t->d = *d, t->R = lora_rank;
     const size_t B = d->B, T = (size_t)c->time_embed_dim, C0 = (size_t)c->block_out[0];
     const size_t G = (size_t)c->norm_groups, HW0 = d->H * d->W;
     TrainSizes z;
@@ -484,10 +603,24 @@ DbStatus unet_train_new(UnetTrain **out, const UnetParams *view, const UnetConfi
     t->dnout = m, m += B * C0 * HW0;
     t->acts = m, m += t->kept_floats;
     t->shared = m, m += t->shared_floats;
+    float *wcache = m;
+    m += t->wcache_floats;
     t->scratch = m, m += z.bwd;
     t->wk.conv_scratch = m, t->wk.conv_scratch_n = z.conv, m += z.conv;
     t->wk.wscratch = m;
-    t->wk.work = NULL;
+    t->wk.work = t->scratch; /* a resnet's shortcut output in its train forward */
+    /* fp32 copies: widened once, then unet_weight returns them (wf) */
+    for (int k = 0; k < t->n_wl; k++) {
+        if (!t->wl[k].keep)
+            continue;
+        UnetLin *l = t->wl[k].l;
+        const UnetWork into = {.wscratch = wcache};
+        const float *w = unet_weight(l, &into);
+        if (w != wcache)
+            memcpy(wcache, w, l->w->t.nelem * sizeof *w);
+        l->wf = wcache;
+        wcache += l->w->t.nelem;
+    }
     *out = t;
     return DB_OK;
 }
@@ -499,6 +632,8 @@ void unet_train_info(const UnetTrain *t, UnetTrainInfo *info)
     info->kept_bytes = t->kept_floats * sizeof(float);
     info->shared_bytes = t->shared_floats * sizeof(float);
     info->first_train = t->first_train;
+    info->n_wcached = t->n_wcached;
+    info->wcache_bytes = t->wcache_floats * sizeof(float);
 }
 
 size_t unet_train_floats(const UnetTrain *t) { return t->total; }
@@ -554,8 +689,26 @@ DbStatus unet_train_backward(UnetTrain *t, float *dsample, float *dctx, const fl
     const size_t B = t->d.B, T = (size_t)c->time_embed_dim, C0 = (size_t)c->block_out[0];
     const size_t G = (size_t)c->norm_groups, H = t->d.H, W = t->d.W;
     const UnetWork *wk = &t->wk;
+    const int below = dsample != NULL || t->all_needed;
+    int first = below ? 0 : t->first_train;
+    if (!below && dctx && t->first_attn < first)
+        first = t->first_attn;
+    /* zeroed: the gradients the steps that run accumulate into (outputs, and inputs that get
+     * one); conv_in's output when conv_in's backward reads it */
+    unsigned char zero[MAX_TENSORS] = {0};
+    zero[0] = below;
+    for (int i = first; i < t->n_step; i++) {
+        const Step *s = &t->step[i];
+        zero[s->out] = 1;
+        if (i > first || below) {
+            zero[s->in] = 1;
+            if (s->skip >= 0)
+                zero[s->skip] = 1;
+        }
+    }
     for (int i = 0; i < t->n_tensor; i++)
-        memset(t->dx[i], 0, t->n[i] * sizeof(float));
+        if (zero[i])
+            memset(t->dx[i], 0, t->n[i] * sizeof(float));
     memset(t->dtemb, 0, B * T * sizeof(float));
 
     /* out = conv_out(SiLU(GroupNorm(x_last))) */
@@ -569,10 +722,6 @@ DbStatus unet_train_backward(UnetTrain *t, float *dsample, float *dctx, const fl
 
     /* the steps, bottom-up, down to the lowest one a requested gradient needs (see the top);
      * a checkpointed step is recomputed first */
-    const int below = dsample != NULL || t->all_needed;
-    int first = below ? 0 : t->first_train;
-    if (!below && dctx && t->first_attn < first)
-        first = t->first_attn;
     for (int i = t->n_step; i-- > first;) {
         const Step *s = &t->step[i];
         if (!s->keep)

@@ -79,7 +79,7 @@ static int conv_bwd(float *dinp, float *dxa, const float *xa, const float *dout,
 /* ---- ResnetBlock2D ------------------------------------------------------------------- */
 
 typedef struct {
-    float *mean1, *rstd1, *n1, *h1, *mean2, *rstd2, *n2, *tproj, *tmp;
+    float *mean1, *rstd1, *n1, *h1, *mean2, *rstd2, *n2, *tproj;
     float *xa_c1, *xa_t, *xa_c2, *xa_sc;
 } ResActs;
 
@@ -92,7 +92,6 @@ static size_t res_carve(ResActs *a, float *base, size_t cin, size_t cout, size_t
     TAKE(a->h1, B * cout * HW);  /* conv1 + time projection: GroupNorm2 input */
     TAKE(a->n2, B * cout * HW);  /* SiLU(GroupNorm2(h1)): conv2 input */
     TAKE(a->tproj, B * cout);
-    TAKE(a->tmp, B * cout * HW); /* shortcut output (not needed by backward) */
     TAKE(a->xa_c1, B * R * HW), TAKE(a->xa_t, B * R), TAKE(a->xa_c2, B * R * HW);
     TAKE(a->xa_sc, B * R * HW);
     return off;
@@ -110,6 +109,8 @@ size_t unet_resnet_bwd_size(size_t cin, size_t cout, size_t B, size_t HW, size_t
     return B * zmax(cin, cout) * HW + B * cout * HW + B * cout + B * R * HW;
 }
 
+/* The shortcut output (a 1x1 conv when Cin != Cout) is not read by the backward: it goes to
+ * wk->work [B, Cout, HW]. */
 int unet_resnet_train_forward(float *out, float *acts, const UnetWork *wk, const float *inp,
                               const float *temb_act, const UnetResnet *p, size_t B, size_t H,
                               size_t W, size_t T, size_t G, float eps, size_t R)
@@ -127,8 +128,9 @@ int unet_resnet_train_forward(float *out, float *acts, const UnetWork *wk, const
     groupnorm_forward(a.n2, a.mean2, a.rstd2, a.h1, p->norm2.w, p->norm2.b, B, cout, HW, G, eps, 1);
     rc |= conv_fwd(out, a.xa_c2, wk, a.n2, &p->conv2, B, cout, H, W, cout, 3, 1, 1);
     if (p->conv_shortcut.w) {
-        rc |= conv_fwd(a.tmp, a.xa_sc, wk, inp, &p->conv_shortcut, B, cin, H, W, cout, 1, 1, 0);
-        residual_add(out, a.tmp, B * cout * HW);
+        rc |= conv_fwd(wk->work, a.xa_sc, wk, inp, &p->conv_shortcut, B, cin, H, W, cout, 1, 1,
+                       0);
+        residual_add(out, wk->work, B * cout * HW);
     } else {
         residual_add(out, inp, B * cout * HW);
     }
@@ -156,18 +158,27 @@ int unet_resnet_backward(float *dinp, float *dtemb, const float *acts, const flo
     memset(dh, 0, B * cout * HW * sizeof *dh);
     groupnorm_backward(dh, p->norm2.dw, p->norm2.db, a.mean2, a.rstd2, dn, a.h1, p->norm2.w,
                        p->norm2.b, B, cout, HW, G, 1);
+    const UnetLin *tp = &p->time_emb_proj;
+    if (dtemb || tp->dw || tp->db || tp->lora.down) {
 #pragma omp parallel for schedule(static)
-    for (size_t bc = 0; bc < B * cout; bc++) {
-        double s = 0.0;
-        for (size_t i = 0; i < HW; i++)
-            s += dh[bc * HW + i];
-        dtp[bc] = (float)s;
+        for (size_t bc = 0; bc < B * cout; bc++) {
+            double s = 0.0;
+            for (size_t i = 0; i < HW; i++)
+                s += dh[bc * HW + i];
+            dtp[bc] = (float)s;
+        }
+        lin_bwd(dtemb, dxa, a.xa_t, dtp, temb_act, tp, wk, B, T, cout);
     }
-    lin_bwd(dtemb, dxa, a.xa_t, dtp, temb_act, &p->time_emb_proj, wk, B, T, cout);
-    memset(dn, 0, B * cin * HW * sizeof *dn);
-    rc |= conv_bwd(dn, dxa, a.xa_c1, dh, a.n1, &p->conv1, wk, B, cin, H, W, cout, 3, 1, 1);
-    groupnorm_backward(dinp, p->norm1.dw, p->norm1.db, a.mean1, a.rstd1, dn, inp, p->norm1.w,
-                       p->norm1.b, B, cin, HW, G, 1);
+    /* d n1 feeds only GroupNorm1's backward: skipped (and conv1 run for its own gradients
+     * only) when neither dinp nor norm1 need it */
+    const int need_dn1 = dinp || p->norm1.dw || p->norm1.db;
+    if (need_dn1)
+        memset(dn, 0, B * cin * HW * sizeof *dn);
+    rc |= conv_bwd(need_dn1 ? dn : NULL, dxa, a.xa_c1, dh, a.n1, &p->conv1, wk, B, cin, H, W,
+                   cout, 3, 1, 1);
+    if (need_dn1)
+        groupnorm_backward(dinp, p->norm1.dw, p->norm1.db, a.mean1, a.rstd1, dn, inp, p->norm1.w,
+                           p->norm1.b, B, cin, HW, G, 1);
     if (p->conv_shortcut.w)
         rc |= conv_bwd(dinp, dxa, a.xa_sc, dout, inp, &p->conv_shortcut, wk, B, cin, H, W, cout,
                        1, 1, 0);
@@ -215,7 +226,10 @@ static size_t tf_carve(TfActs *a, float *base, size_t C, size_t heads, size_t B,
 {
     const size_t N = B * HW, NC = N * C;
     size_t off = 0;
-    TAKE(a->tmp, NC), TAKE(a->gnt, NC), TAKE(a->gmean, B * G), TAKE(a->grstd, B * G);
+    /* tmp (GroupNorm output, then proj_out output) and ffg (GEGLU output) are not saved: the
+     * train forward puts them in wk->work, the backward recomputes ffg when ff_out trains */
+    a->tmp = a->ffg = NULL;
+    TAKE(a->gnt, NC), TAKE(a->gmean, B * G), TAKE(a->grstd, B * G);
     TAKE(a->t0, NC), TAKE(a->t1, NC), TAKE(a->t2, NC), TAKE(a->t3, NC);
     TAKE(a->ln1, NC), TAKE(a->ln2, NC), TAKE(a->ln3, NC);
     TAKE(a->lm1, N), TAKE(a->lr1, N), TAKE(a->lm2, N), TAKE(a->lr2, N), TAKE(a->lm3, N);
@@ -223,7 +237,7 @@ static size_t tf_carve(TfActs *a, float *base, size_t C, size_t heads, size_t B,
     TAKE(a->q1, NC), TAKE(a->k1, NC), TAKE(a->v1, NC), TAKE(a->a1, NC), TAKE(a->lse1, B * heads * HW);
     TAKE(a->q2, NC), TAKE(a->k2, B * S * C), TAKE(a->v2, B * S * C), TAKE(a->a2, NC);
     TAKE(a->lse2, B * heads * HW);
-    TAKE(a->ffh, 8 * NC), TAKE(a->ffg, 4 * NC);
+    TAKE(a->ffh, 8 * NC);
     for (int i = 0; i < XA_N; i++)
         TAKE(a->xa[i], (i >= XA_K2 ? B * S : N) * R);
     return off;
@@ -253,6 +267,7 @@ void unet_transformer_train_forward(float *out, float *acts, const UnetWork *wk,
     const float scale = (float)(1.0 / sqrt((double)D));
     TfActs a;
     tf_carve(&a, acts, C, heads, B, HW, S, G, R);
+    a.tmp = a.ffg = wk->work; /* [N, 4C]: tmp and ffg are never live together */
 
     groupnorm_forward(a.tmp, a.gmean, a.grstd, inp, p->norm.w, p->norm.b, B, C, HW, G, 1e-6f, 0);
     to_tokens(a.gnt, a.tmp, B, C, HW);
@@ -326,9 +341,16 @@ void unet_transformer_backward(float *dinp, float *dctx, const float *acts, cons
     memset(dt, 0, NC * sizeof *dt);
     lin_bwd(dt, dxa, a.xa[XA_PO], dtok, a.t3, &p->proj_out, wk, N, C, C);
 
-    /* t3 = t2 + ff(LN3(t2)) */
+    /* t3 = t2 + ff(LN3(t2)); ff_out's input GEGLU(ffh) recomputed (into datt..dv, free
+     * until the attentions: 2 N C + 2 B max(HW, S) C >= 4 N C floats) only for its own
+     * gradients */
+    const float *ffg = NULL;
+    if (p->ff_out.dw || p->ff_out.lora.down) {
+        geglu_forward(datt, a.ffh, N, 4 * C);
+        ffg = datt;
+    }
     memset(dffg, 0, 4 * NC * sizeof *dffg);
-    lin_bwd(dffg, dxa, a.xa[XA_FO], dt, a.ffg, &p->ff_out, wk, N, 4 * C, C);
+    lin_bwd(dffg, dxa, a.xa[XA_FO], dt, ffg, &p->ff_out, wk, N, 4 * C, C);
     memset(dffh, 0, 8 * NC * sizeof *dffh);
     geglu_backward(dffh, dffg, a.ffh, N, 4 * C);
     memset(dln, 0, NC * sizeof *dln);

@@ -255,6 +255,13 @@ int main(void)
         ok &= check_tile(m, 1, 100, 2, 3, 10, 11, 5, 1, 1, 1);
         ok &= check_tile(m, 2, 100, 2, 64, 13, 19, 72, 1, 1, 1);
     }
+    /* F(4x4) rows whose interior tiles are read in place, in several whole segments between
+     * the border tiles (each padding, widths leaving a partial last tile or none) */
+    ok &= check_tile(4, 1, 3, 1, 64, 22, 290, 64, 1, 1, 1);
+    ok &= check_tile(4, 1, 2, 2, 64, 23, 263, 64, 0, 1, 1);
+    ok &= check_tile(4, 1, 2, 1, 64, 20, 270, 64, 2, 2, 0);
+    ok &= check_tile(4, 1, 2, 1, 64, 18, 256, 64, 0, 0, 1);
+    ok &= check_tile(4, 1, 1, 1, 64, 10, 530, 64, 1, 1, 1); /* two interior segments */
     ok &= check_tile(2, 4, 100, 2, 64, 13, 19, 72, 1, 1, 0);
     ok &= check_tile(4, 3, 100, 2, 64, 13, 19, 72, 1, 1, 1);
     ok &= check_tile(4, 6, 100, 2, 64, 13, 19, 72, 0, 1, 1);

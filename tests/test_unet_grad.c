@@ -18,7 +18,15 @@
  * training of up_blocks.1.resnets.0 (the earliest trainable step is an up-block resnet that
  * reads a skip) with dsample = dctx = NULL (backward stops at the earliest trainable step)
  * against the full backward (dsample given), and with dctx alone against dsample + dctx;
- * also at budget NONE and a middle budget. Exit status is the verdict.
+ * also at budget NONE and a middle budget; the same for a partial set whose earliest trainable
+ * step is a resnet with frozen norm1/conv1 (up_blocks.1.resnets.0.conv2: its conv1 input
+ * gradient and GroupNorm1 backward are skipped).
+ * fp32 weight copies (unet_train_new widens frozen half-precision weights once when the budget
+ * leaves room): an F16 tiny-sd1 with LoRA attn, gradients (parameters, dsample, dctx, and the
+ * skipping backward) at budget ALL (no copies) against NONE (no copies), all internals plus half
+ * the copies' bytes (some copied; internals of steps a plain step reaches all kept, those below
+ * the earliest trainable step come after the copies) and SIZE_MAX - 1 (every frozen weight
+ * copied): bit-identical. Exit status is the verdict.
  * SPDX-License-Identifier: GPL-3.0-or-later */
 #include "train_params.h"
 #include "unet.h"
@@ -187,25 +195,81 @@ static void check_budgets(const char *name, const UnetParams *view, TrainParams 
     g_free(g0), g_free(g1), g_free(dx0), g_free(dx1), g_free(dc0), g_free(dc1);
 }
 
-/* A trainable set of spec on m (LoRA up made nonzero): checks check_budgets. */
-static void check_partial(const char *name, const DbModel *m, const UnetState *state,
-                          const TrainSpec *spec, const UnetDims *d, Run *r, size_t nx, size_t nc)
+/* The view/tp of spec on m, LoRA up made nonzero. */
+static UnetParams *view_new(TrainParams **tp, const char *name, const DbModel *m,
+                            const UnetState *state, const TrainSpec *spec)
 {
     DbError err;
-    TrainParams *tp = NULL;
     UnetParams *view = g_new0(UnetParams, 1);
-    if (train_params_new(&tp, m, NET_UNET, spec, &err) != DB_OK ||
-        unet_train_view_build(view, state, m, tp, &err) != DB_OK) {
+    if (train_params_new(tp, m, NET_UNET, spec, &err) != DB_OK ||
+        unet_train_view_build(view, state, m, *tp, &err) != DB_OK) {
         printf("FAIL setup %s: %s\n", name, err.msg);
         exit(1);
     }
-    float *theta = train_params_values(tp);
-    for (size_t i = 0; i < train_params_count_tensors(tp); i++) {
-        const TrainTensor *tt = train_params_tensor(tp, i);
+    float *theta = train_params_values(*tp);
+    for (size_t i = 0; i < train_params_count_tensors(*tp); i++) {
+        const TrainTensor *tt = train_params_tensor(*tp, i);
         if (tt->kind == TRAIN_LORA_UP)
             for (size_t j = 0; j < tt->nelem; j++)
                 theta[tt->offset + j] = 0.05f * nrand();
     }
+    return view;
+}
+
+/* fp32 weight copies on an F16 model (see the top). */
+static void check_wcache(const DbModel *m, const UnetState *state, const UnetDims *d, Run *r,
+                         size_t nx, size_t nc)
+{
+    const TrainSpec spec = {NULL, 3, 5.0f, TRAIN_LORA_ATTN, 1};
+    TrainParams *tp = NULL;
+    UnetParams *view = view_new(&tp, "F16 LoRA attn", m, state, &spec);
+    const size_t R = train_params_lora_max_rank(tp), np = train_params_count(tp);
+    const UnetConfig *c = &m->unet;
+    UnetTrainInfo ia, in, iw, im;
+    UnetTrain *ta = train_new(view, c, d, R, state, UNET_CKPT_ALL, &ia);
+    UnetTrain *tn = train_new(view, c, d, R, state, UNET_CKPT_NONE, &in);
+    UnetTrain *tw = train_new(view, c, d, R, state, SIZE_MAX - 1, &iw);
+    UnetTrain *tm = train_new(view, c, d, R, state, in.kept_bytes + iw.wcache_bytes / 2, &im);
+    g_free(view); /* unet_train_new copies the view */
+    printf("     F16 LoRA attn: fp32 copies: ALL %d, NONE %d, every %d (%zu B), middle %d (%zu B, "
+           "%d of %d steps kept)\n", ia.n_wcached, in.n_wcached, iw.n_wcached, iw.wcache_bytes,
+           im.n_wcached, im.wcache_bytes, im.n_kept, im.n_steps);
+    if (!(ia.n_wcached == 0 && in.n_wcached == 0 && iw.n_wcached > 0 && im.n_wcached > 0 &&
+          im.n_wcached < iw.n_wcached && im.n_kept >= im.n_steps - im.first_train &&
+          iw.n_kept == iw.n_steps)) {
+        printf("FAIL F16 LoRA attn: budgets did not give no / some / every weight copied\n");
+        failures++;
+    }
+    float *g0 = g_new(float, np), *g1 = g_new(float, np), *dx0 = g_new(float, nx);
+    float *dx1 = g_new(float, nx), *dc0 = g_new(float, nc), *dc1 = g_new(float, nc);
+    grads(g0, ta, tp, r, dx0, nx, dc0, nc);
+    UnetTrain *const cmp[3] = {tn, tw, tm};
+    const char *const cname[3] = {"NONE", "every weight copied", "some weights copied"};
+    char what[160];
+    for (int k = 0; k < 3; k++) {
+        grads(g1, cmp[k], tp, r, dx1, nx, dc1, nc);
+        snprintf(what, sizeof what, "F16 LoRA attn: %s vs ALL, parameter gradients", cname[k]);
+        same(what, g1, g0, np);
+        snprintf(what, sizeof what, "F16 LoRA attn: %s vs ALL, dsample", cname[k]);
+        same(what, dx1, dx0, nx);
+        snprintf(what, sizeof what, "F16 LoRA attn: %s vs ALL, dctx", cname[k]);
+        same(what, dc1, dc0, nc);
+        grads(g1, cmp[k], tp, r, NULL, nx, NULL, nc);
+        snprintf(what, sizeof what, "F16 LoRA attn: %s, skipping backward vs ALL full, parameter "
+                 "gradients", cname[k]);
+        same(what, g1, g0, np);
+    }
+    unet_train_free(ta), unet_train_free(tn), unet_train_free(tw), unet_train_free(tm);
+    train_params_free(tp);
+    g_free(g0), g_free(g1), g_free(dx0), g_free(dx1), g_free(dc0), g_free(dc1);
+}
+
+/* A trainable set of spec on m (LoRA up made nonzero): checks check_budgets. */
+static void check_partial(const char *name, const DbModel *m, const UnetState *state,
+                          const TrainSpec *spec, const UnetDims *d, Run *r, size_t nx, size_t nc)
+{
+    TrainParams *tp = NULL;
+    UnetParams *view = view_new(&tp, name, m, state, spec);
     check_budgets(name, view, tp, &m->unet, d, train_params_lora_max_rank(tp), state, r, nx, nc,
                   1);
     train_params_free(tp);
@@ -327,6 +391,25 @@ int main(void)
     const TrainSpec up_res = {"up_blocks.1.resnets.0.*", 0, 0.0f, TRAIN_LORA_NONE, 1};
     check_partial("LoRA attn", m, state, &lora_attn, &d, &r, nx, nc);
     check_partial("up_blocks.1.resnets.0", m, state, &up_res, &d, &r, nx, nc);
+    const TrainSpec up_conv2 = {"up_blocks.1.resnets.0.conv2.*", 0, 0.0f, TRAIN_LORA_NONE, 1};
+    check_partial("up_blocks.1.resnets.0.conv2", m, state, &up_conv2, &d, &r, nx, nc);
+
+    /* fp32 copies of frozen weights: an F16 model of the same shapes */
+    char *path16 = g_build_filename(dir, "model16", NULL);
+    DbInitModelOptions io16 = {0};
+    io16.seed = 3, io16.dtype = "f16";
+    DbModel *m16 = NULL;
+    UnetState *state16 = NULL;
+    if (db_init_model("tiny-sd1", path16, &io16, NULL, NULL, NULL, &err) != DB_OK ||
+        db_model_open(&m16, path16, NULL, &err) != DB_OK ||
+        unet_state_build(&state16, m16, &err) != DB_OK) {
+        printf("FAIL F16 model: %s\n", err.msg);
+        return 1;
+    }
+    check_wcache(m16, state16, &d, &r, nx, nc);
+    unet_state_free(state16);
+    db_model_free(m16);
+    g_free(path16);
 
     unet_train_free(r.tr);
     train_params_free(tp);

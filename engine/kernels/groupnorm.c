@@ -1,7 +1,7 @@
 /* Group norm with optional fused SiLU (diffusers ResnetBlock2D: norm -> SiLU -> conv).
  * SPDX-License-Identifier: GPL-3.0-or-later
  *
- * Pass 1, per (n, g) over the C/G * HW values of the group, in double:
+ * Pass 1, per (n, g) over the C/G * HW values of the group, in double (eight lanes):
  *   mean = sum x / M,  var = sum x^2 / M - mean^2 (biased, as torch),  rstd = 1/sqrt(var+eps)
  * Pass 2, per channel c of the group, fused: y = (x - mean) * a + bias [c] with
  *   a = rstd * weight [c] (x - mean first: no cancellation when |mean| >> std), then
@@ -45,11 +45,24 @@ static inline GN_ALWAYS_INLINE void gn_group_body(float *out, float *mean, float
 {
     size_t M = cpg * HW;
     const float *x = inp + ng * M;
-    /* pass 1: statistics; four partial sums keep the double adds from one long chain */
-    double s[4] = {0.0, 0.0, 0.0, 0.0}, q[4] = {0.0, 0.0, 0.0, 0.0};
+    /* pass 1: statistics in eight double lanes (lane t sums the positions = t mod 8, in
+     * order; explicit vectors, which the compiler does not form from the lanes itself) */
+    double s[8] = {0}, q[8] = {0};
     size_t i = 0;
-    for (; i + 4 <= M; i += 4)
-        for (int t = 0; t < 4; t++) {
+#if defined(__GNUC__)
+    typedef double gn_v4d __attribute__((vector_size(32)));
+    gn_v4d s0 = {0, 0, 0, 0}, s1 = s0, q0 = s0, q1 = s0;
+    for (; i + 8 <= M; i += 8) {
+        const float *xi = x + i;
+        gn_v4d a = {xi[0], xi[1], xi[2], xi[3]}, b = {xi[4], xi[5], xi[6], xi[7]};
+        s0 += a, s1 += b;
+        q0 += a * a, q1 += b * b;
+    }
+    for (int t = 0; t < 4; t++)
+        s[t] = s0[t], s[4 + t] = s1[t], q[t] = q0[t], q[4 + t] = q1[t];
+#endif
+    for (; i + 8 <= M; i += 8)
+        for (int t = 0; t < 8; t++) {
             double v = x[i + t];
             s[t] += v;
             q[t] += v * v;
@@ -59,7 +72,8 @@ static inline GN_ALWAYS_INLINE void gn_group_body(float *out, float *mean, float
         s[0] += v;
         q[0] += v * v;
     }
-    double sum = (s[0] + s[1]) + (s[2] + s[3]), sq = (q[0] + q[1]) + (q[2] + q[3]);
+    double sum = ((s[0] + s[1]) + (s[2] + s[3])) + ((s[4] + s[5]) + (s[6] + s[7]));
+    double sq = ((q[0] + q[1]) + (q[2] + q[3])) + ((q[4] + q[5]) + (q[6] + q[7]));
     double m = M ? sum / (double)M : 0.0;
     double var = M ? sq / (double)M - m * m : 0.0;
     if (var < 0.0) var = 0.0;
@@ -136,42 +150,111 @@ static inline GN_ALWAYS_INLINE float gn_grad_pre(float dy, float xh, float w, fl
     return dy * (s + y * s * (1.0f - s));
 }
 
+/* One channel row of group statistics: lg/lgx [8] += gw, gw * xhat in eight float lanes
+ * (position mod 8; the loop vectorises without reassociating a sum), the tail into lane 0. */
+static inline GN_ALWAYS_INLINE void gn_bwd_row_sums(float *lg, float *lgx, const float *xc,
+                                                    const float *dc, float m, float rs, float w,
+                                                    float b, size_t HW, int silu)
+{
+    size_t p = 0;
+    for (; p + 8 <= HW; p += 8)
+        for (int l = 0; l < 8; l++) {
+            const float xh = (xc[p + l] - m) * rs;
+            const float gw = gn_grad_pre(dc[p + l], xh, w, b, silu) * w;
+            lg[l] += gw;
+            lgx[l] += gw * xh;
+        }
+    for (; p < HW; p++) {
+        const float xh = (xc[p] - m) * rs;
+        const float gw = gn_grad_pre(dc[p], xh, w, b, silu) * w;
+        lg[0] += gw;
+        lgx[0] += gw * xh;
+    }
+}
+
+static inline GN_ALWAYS_INLINE void gn_bwd_row_dx(float *dxc, const float *xc, const float *dc,
+                                                  float m, float rs, float w, float b, float mg,
+                                                  float mgx, size_t HW, int silu)
+{
+    for (size_t p = 0; p < HW; p++) {
+        const float xh = (xc[p] - m) * rs;
+        const float gw = gn_grad_pre(dc[p], xh, w, b, silu) * w;
+        dxc[p] += rs * (gw - mg - xh * mgx);
+    }
+}
+
+/* dinp for group ng (its M = cpg * HW values at offset ng * M): pass 1 sums gw and gw * xhat
+ * (float lanes per channel row, rows added in double), pass 2 recomputes gw and writes the
+ * group's dinp. silu is branched on outside the loops so each loop is specialised. */
+static inline GN_ALWAYS_INLINE void gn_bwd_group_body(float *dinp, const float *mean,
+                                                      const float *rstd, const float *dout,
+                                                      const float *inp, const float *weight,
+                                                      const float *bias, size_t ng, size_t G,
+                                                      size_t cpg, size_t HW, int silu)
+{
+    const size_t M = cpg * HW;
+    const float *x = inp + ng * M, *dy = dout + ng * M;
+    const float m = mean[ng], rs = rstd[ng];
+    double tg = 0.0, tgx = 0.0;
+    for (size_t cc = 0; cc < cpg; cc++) {
+        const size_t c = (ng % G) * cpg + cc;
+        float lg[8] = {0}, lgx[8] = {0};
+        if (silu)
+            gn_bwd_row_sums(lg, lgx, x + cc * HW, dy + cc * HW, m, rs, weight[c], bias[c], HW, 1);
+        else
+            gn_bwd_row_sums(lg, lgx, x + cc * HW, dy + cc * HW, m, rs, weight[c], bias[c], HW, 0);
+        for (int l = 0; l < 8; l++)
+            tg += lg[l], tgx += lgx[l];
+    }
+    const float mg = (float)(tg / (double)M), mgx = (float)(tgx / (double)M);
+    float *dx = dinp + ng * M;
+    for (size_t cc = 0; cc < cpg; cc++) {
+        const size_t c = (ng % G) * cpg + cc, o = cc * HW;
+        if (silu)
+            gn_bwd_row_dx(dx + o, x + o, dy + o, m, rs, weight[c], bias[c], mg, mgx, HW, 1);
+        else
+            gn_bwd_row_dx(dx + o, x + o, dy + o, m, rs, weight[c], bias[c], mg, mgx, HW, 0);
+    }
+}
+
+typedef void (*GnBwdGroupFn)(float *, const float *, const float *, const float *, const float *,
+                             const float *, const float *, size_t, size_t, size_t, size_t, int);
+
+static void gn_bwd_group_generic(float *dinp, const float *mean, const float *rstd,
+                                 const float *dout, const float *inp, const float *weight,
+                                 const float *bias, size_t ng, size_t G, size_t cpg, size_t HW,
+                                 int silu)
+{
+    gn_bwd_group_body(dinp, mean, rstd, dout, inp, weight, bias, ng, G, cpg, HW, silu);
+}
+
+#ifdef GN_HAVE_AVX2
+__attribute__((target("avx2,fma"))) static void
+gn_bwd_group_avx2(float *dinp, const float *mean, const float *rstd, const float *dout,
+                  const float *inp, const float *weight, const float *bias, size_t ng, size_t G,
+                  size_t cpg, size_t HW, int silu)
+{
+    gn_bwd_group_body(dinp, mean, rstd, dout, inp, weight, bias, ng, G, cpg, HW, silu);
+}
+#endif
+
 void groupnorm_backward(float *dinp, float *dweight, float *dbias, const float *mean,
                         const float *rstd, const float *dout, const float *inp, const float *weight,
                         const float *bias, size_t N, size_t C, size_t HW, size_t G, int silu)
 {
     if (N == 0 || C == 0 || G == 0 || HW == 0) return;
-    size_t cpg = C / G, M = cpg * HW;
+    size_t cpg = C / G;
     if (dinp) {
+        GnBwdGroupFn group = gn_bwd_group_generic;
+#ifdef GN_HAVE_AVX2
+        __builtin_cpu_init();
+        if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
+            group = gn_bwd_group_avx2;
+#endif
         /* parallel over groups: each owns its M values of dinp */
 #pragma omp parallel for schedule(static)
-        for (size_t ng = 0; ng < N * G; ng++) {
-            const float *x = inp + ng * M, *dy = dout + ng * M;
-            float m = mean[ng], rs = rstd[ng];
-            double sg = 0.0, sgx = 0.0;
-            for (size_t cc = 0; cc < cpg; cc++) {
-                size_t c = (ng % G) * cpg + cc;
-                float w = weight[c], b = bias[c];
-                for (size_t p = 0; p < HW; p++) {
-                    float xh = (x[cc * HW + p] - m) * rs;
-                    float gw = gn_grad_pre(dy[cc * HW + p], xh, w, b, silu) * w;
-                    sg += gw;
-                    sgx += (double)gw * xh;
-                }
-            }
-            float mg = (float)(sg / (double)M), mgx = (float)(sgx / (double)M);
-            float *dx = dinp + ng * M;
-            for (size_t cc = 0; cc < cpg; cc++) {
-                size_t c = (ng % G) * cpg + cc;
-                float w = weight[c], b = bias[c];
-                for (size_t p = 0; p < HW; p++) {
-                    size_t i = cc * HW + p;
-                    float xh = (x[i] - m) * rs;
-                    float gw = gn_grad_pre(dy[i], xh, w, b, silu) * w;
-                    dx[i] += rs * (gw - mg - xh * mgx);
-                }
-            }
-        }
+        for (size_t ng = 0; ng < N * G; ng++)
+            group(dinp, mean, rstd, dout, inp, weight, bias, ng, G, cpg, HW, silu);
     }
     if (dweight || dbias) {
         /* parallel over channels: each owns dweight [c], dbias [c] */

@@ -86,16 +86,50 @@ void geglu_forward(float *out, const float *inp, size_t N, size_t F)
 
 /* Backward of geglu_forward, accumulating into dinp [N, 2F] = [da | db]:
  *   da [f] += dout [f] * gelu(b [f]),  db [f] += dout [f] * a [f] * gelu'(b [f])
- * with the same Phi as the forward (vmath.h). inp [N, 2F] is the forward input. */
+ * with the same Phi as the forward (vmath.h), evaluated once per element for both:
+ * gelu(b) = b Phi(b), gelu'(b) = Phi(b) + b phi(b). inp [N, 2F] is the forward input. */
+static inline TG_ALWAYS_INLINE void tg_geglu_bwd_row_body(float *da, float *db, const float *g,
+                                                          const float *a, const float *b,
+                                                          size_t F)
+{
+    for (size_t f = 0; f < F; f++) {
+        const float x = b[f], cdf = vm_normal_cdf(x);
+        const float pdf = 0.39894228040143268f * vm_exp_nonpos(-0.5f * x * x);
+        da[f] += g[f] * (x * cdf);
+        db[f] += g[f] * a[f] * (cdf + x * pdf);
+    }
+}
+
+typedef void (*TgBwdRowFn)(float *, float *, const float *, const float *, const float *, size_t);
+
+static void tg_geglu_bwd_row_generic(float *da, float *db, const float *g, const float *a,
+                                     const float *b, size_t F)
+{
+    tg_geglu_bwd_row_body(da, db, g, a, b, F);
+}
+
+#ifdef TG_HAVE_AVX2
+__attribute__((target("avx2,fma"))) static void tg_geglu_bwd_row_avx2(float *da, float *db,
+                                                                      const float *g,
+                                                                      const float *a,
+                                                                      const float *b, size_t F)
+{
+    tg_geglu_bwd_row_body(da, db, g, a, b, F);
+}
+#endif
+
 void geglu_backward(float *dinp, const float *dout, const float *inp, size_t N, size_t F)
 {
+    TgBwdRowFn row = tg_geglu_bwd_row_generic;
+#ifdef TG_HAVE_AVX2
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
+        row = tg_geglu_bwd_row_avx2;
+#endif
 #pragma omp parallel for schedule(static)
     for (size_t n = 0; n < N; n++) {
-        const float *a = inp + n * 2 * F, *b = a + F, *g = dout + n * F;
-        float *da = dinp + n * 2 * F, *db = da + F;
-        for (size_t f = 0; f < F; f++) {
-            da[f] += g[f] * vm_gelu(b[f]);
-            db[f] += g[f] * a[f] * vm_gelu_grad(b[f]);
-        }
+        const float *a = inp + n * 2 * F;
+        float *da = dinp + n * 2 * F;
+        row(da, da + F, dout + n * F, a, a + F, F);
     }
 }

@@ -33,7 +33,8 @@
  * transposed weight (WINO_FLIP folds that into the weight transform) and top/left padding
  * 2 - pad, accumulated into dinp (WINO_ACCUMULATE).
  *
- * Loops: the input transform works per (channel, tile row) in segments of WINO_SEG tiles,
+ * Loops: the input transform works per (channel, tile row) in segments of WINO_SEG tiles
+ * (F(4x4): interior tiles read in place, the border ones from zero-padded row copies),
  * first down the columns (elementwise over the row, vectorised), then across each tile; the
  * output transform the same way backwards. Each exists as a baseline-ISA and an AVX2 clone
  * chosen at run time (DB_KERNELS_NO_AVX2 builds the baseline only). Threads: OpenMP loops
@@ -52,7 +53,13 @@
  * F(4x4) at 32x32 (128 tiles) 1.3x faster than F(2x2), at 16x16 (32 tiles) slower. */
 #define WINO_MIN_TILES 256
 #define WINO4_MIN_TILES 96
-#define WINO_SEG 32 /* tiles per segment of a tile row in the transforms */
+/* tiles per segment of a tile row in the transforms: long runs per transform point (each
+ * segment touches (m+2)^2 streams of V or M; 128 tiles beat 32 by ~10% of a VAE 512-px conv) */
+#define WINO_SEG 128
+
+/* F(4x4) input rows with fewer interior tiles are copied whole (measured at 64 wide rows:
+ * splitting off the border tiles cost more than reading in place saved) */
+#define WINO_INPLACE_MIN 32
 
 #define WINO_INLINE static inline __attribute__((always_inline))
 #define WINO_NOCLONE __attribute__((noinline, noclone))
@@ -71,6 +78,11 @@ WINO_INLINE void wino_load_row(float *dst, const float *img, size_t H, size_t W,
     if (hi > len) hi = len;
     if (hi < lo) hi = lo;
     const float *src = img + (iys - pad) * W;
+    if (len <= 8) { /* the border tiles: a few values, cheaper than three library calls */
+        for (size_t j = 0; j < len; j++)
+            dst[j] = j >= lo && j < hi ? src[xs + j - pad] : 0.0f;
+        return;
+    }
     memset(dst, 0, lo * sizeof(float));
     if (hi > lo) memcpy(dst + lo, src + xs + lo - pad, (hi - lo) * sizeof(float));
     memset(dst + hi, 0, (len - hi) * sizeof(float));
@@ -233,25 +245,48 @@ WINO_INLINE void wino4_weights_impl(float *U, const float *weight, size_t OC, si
                 u[4][q] = c24 * g0 - c12 * g1 + c6p * g2;
                 u[5][q] = g2;
             }
-            for (int x = 0; x < 6; x++)
-                memcpy(U + (6 * (r - r0) + (size_t)x) * S + b0, u[x], nb * sizeof(float));
+            float *dst = U + (6 * (r - r0)) * S + b0;
+            if (nb == WINO_WB) /* constant size: inlined vector moves */
+                for (int x = 0; x < 6; x++)
+                    memcpy(dst + (size_t)x * S, u[x], WINO_WB * sizeof(float));
+            else
+                for (int x = 0; x < 6; x++)
+                    memcpy(dst + (size_t)x * S, u[x], nb * sizeof(float));
         }
     }
 }
 
+/* V entries of channel c, tile row ty (as wino2_input_impl). Tile tx reads input columns
+ * 4tx - pad .. 4tx + 5 - pad: segments of tiles whose 6 rows and columns all lie inside the
+ * image are read in place, the border tiles (a segment of their own at each side, so that
+ * wide rows have whole interior segments) through zero-padded row copies. */
 WINO_INLINE void wino4_input_impl(float *v, const float *img, size_t H, size_t W, size_t pad,
                                   size_t ty, size_t TW, size_t st)
 {
-    float d[6][4 * WINO_SEG + 4], e[6][4 * WINO_SEG + 4], z[4][WINO_SEG + 1];
-    for (size_t tx0 = 0; tx0 < TW; tx0 += WINO_SEG) {
-        /* the tiles read columns 4 tx0 - pad .. 4 (tx0 + nt) + 1 - pad; two more are loaded
-         * so that the deinterleave below reads whole groups of 4 */
-        size_t nt = TW - tx0 < WINO_SEG ? TW - tx0 : WINO_SEG, len = 4 * nt + 4;
-        for (int k = 0; k < 6; k++) /* iy = 4ty - pad + k */
-            wino_load_row(d[k], img, H, W, pad, 4 * ty + (size_t)k, 4 * tx0, len);
+    float d[6][4 * WINO_SEG + 2], e[6][4 * WINO_SEG + 2], z[6][WINO_SEG];
+    /* interior tiles ta .. tb-1 (none when a row is outside) */
+    size_t ta = (pad + 3) / 4, tb = 0;
+    if (4 * ty >= pad && 4 * ty + 6 <= H + pad && W + pad >= 6) tb = (W + pad - 6) / 4 + 1;
+    if (tb > TW) tb = TW;
+    if (tb < ta + WINO_INPLACE_MIN) ta = tb = 0; /* narrow rows: one copied segment is faster */
+    for (size_t tx0 = 0, nt; tx0 < TW; tx0 += nt) {
+        size_t end = tx0 < ta ? ta : tx0 < tb ? tb : TW;
+        nt = end - tx0 < WINO_SEG ? end - tx0 : WINO_SEG;
+        /* the segment reads len = 4 nt + 2 columns from xs - pad */
+        size_t len = 4 * nt + 2, xs = 4 * tx0;
+        const float *r[6];
+        if (tx0 >= ta && tx0 < tb) {
+            for (int k = 0; k < 6; k++) /* iy = 4ty - pad + k, ix = xs - pad + j */
+                r[k] = img + (4 * ty + (size_t)k - pad) * W + (xs - pad);
+        } else {
+            for (int k = 0; k < 6; k++) {
+                wino_load_row(d[k], img, H, W, pad, 4 * ty + (size_t)k, xs, len);
+                r[k] = d[k];
+            }
+        }
         for (size_t j = 0; j < len; j++) { /* e = B^T d */
-            float d0 = d[0][j], d1 = d[1][j], d2 = d[2][j], d3 = d[3][j], d4 = d[4][j],
-                  d5 = d[5][j];
+            float d0 = r[0][j], d1 = r[1][j], d2 = r[2][j], d3 = r[3][j], d4 = r[4][j],
+                  d5 = r[5][j];
             e[0][j] = 4.0f * d0 - 5.0f * d2 + d4;
             e[1][j] = (d3 + d4) - 4.0f * (d1 + d2);
             e[2][j] = (d4 - d3) + 4.0f * (d1 - d2);
@@ -261,16 +296,20 @@ WINO_INLINE void wino4_input_impl(float *v, const float *img, size_t H, size_t W
         }
         for (int k = 0; k < 6; k++) { /* (B^T d) B, across each tile */
             const float *q = e[k];
-            for (size_t t = 0; t <= nt; t++) { /* z [i][t] = q [4t + i] */
+            for (size_t t = 0; t < nt; t++) { /* z [i][t] = q [4t + i], i < 6 (apart, so
+                                                 * that the loads below are aligned with
+                                                 * these stores and forward from them) */
                 z[0][t] = q[4 * t];
                 z[1][t] = q[4 * t + 1];
                 z[2][t] = q[4 * t + 2];
                 z[3][t] = q[4 * t + 3];
+                z[4][t] = q[4 * t + 4];
+                z[5][t] = q[4 * t + 5];
             }
             float o[6][WINO_SEG];
             for (size_t t = 0; t < nt; t++) {
-                float z0 = z[0][t], z1 = z[1][t], z2 = z[2][t], z3 = z[3][t], z4 = z[0][t + 1],
-                      z5 = z[1][t + 1];
+                float z0 = z[0][t], z1 = z[1][t], z2 = z[2][t], z3 = z[3][t], z4 = z[4][t],
+                      z5 = z[5][t];
                 o[0][t] = 4.0f * z0 - 5.0f * z2 + z4;
                 o[1][t] = (z3 + z4) - 4.0f * (z1 + z2);
                 o[2][t] = (z4 - z3) + 4.0f * (z1 - z2);
@@ -278,8 +317,23 @@ WINO_INLINE void wino4_input_impl(float *v, const float *img, size_t H, size_t W
                 o[4][t] = (z4 - z2) - 2.0f * (z3 - z1);
                 o[5][t] = 4.0f * z1 - 5.0f * z3 + z5;
             }
-            for (int x = 0; x < 6; x++)
-                memcpy(v + (size_t)(6 * k + x) * st + tx0, o[x], nt * sizeof(float));
+            /* copies of 8 floats at a time (inlined vector moves; a variable-size memcpy
+             * per transform row, ~128 bytes, cost more than the arithmetic) */
+            float *dst = v + (size_t)(6 * k) * st + tx0;
+            for (int x = 0; x < 6; x++) {
+                float *dx = dst + (size_t)x * st;
+                size_t t = 0;
+                for (; t + 8 <= nt; t += 8)
+                    memcpy(dx + t, o[x] + t, 8 * sizeof(float));
+                if (t + 4 <= nt) {
+                    memcpy(dx + t, o[x] + t, 4 * sizeof(float));
+                    t += 4;
+                }
+                /* the last 0 .. 3 written out: a loop here became a memcpy call */
+                if (t < nt) dx[t] = o[x][t];
+                if (t + 1 < nt) dx[t + 1] = o[x][t + 1];
+                if (t + 2 < nt) dx[t + 2] = o[x][t + 2];
+            }
         }
     }
 }

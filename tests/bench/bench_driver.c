@@ -5,17 +5,21 @@
  *
  * MODE: unet (latent H x W), vae-decode (latent H x W), vae-encode (image H x W),
  * text-encoder (B x 77 ids), sgemm (H x H x H cblas_sgemm), train-step (LoRA step, latent
- * H x W: not implemented yet, reports status "unimplemented").
+ * H x W).
  * Inputs are filled by bench_fill() (splitmix64 of seed << 32 | index, to [-1, 1)), which
  * tests/bench/torch_side.py reproduces, so --dump (raw float32 of the last call's outputs,
  * in order) can be compared with PyTorch. Prints one JSON line on stdout: open_s (model open),
- * warmup_s, times (seconds per call), median_s, maxrss_kib (getrusage: whole process peak),
- * status ("ok", "unimplemented" or "error" with "error"). Exit status 0 unless an error.
+ * warmup_s, times (seconds per call), setup_cpu_s (CPU seconds, user + system, of the mode's
+ * setup: model open excluded), cpu_times (CPU seconds per call), median_s, maxrss_kib
+ * (getrusage: whole process peak), status ("ok", "unimplemented" or "error" with "error").
+ * Exit status 0 unless an error.
  * train-step adds ckpt_budget_mib (the activation budget of unet_train_new), steps, kept_steps
  * (blocks whose internals are kept from the forward, not recomputed), kept_acts_bytes,
- * shared_acts_bytes (the region the recomputed blocks share) and train_bytes (the whole
- * UnetTrain allocation). --ckpt-budget: MIB, or none (UNET_CKPT_NONE: keep every block); 0
- * checkpoints every block. Default: the budget that keeps the process under 6 GiB
+ * shared_acts_bytes (the region the recomputed blocks share), wcache_weights / wcache_bytes
+ * (frozen half-precision weights held as fp32 copies, from what the budget leaves after the
+ * internals) and train_bytes (the whole UnetTrain allocation). --ckpt-budget: MIB, or none
+ * (UNET_CKPT_NONE: keep every block, no weight copies); 0 checkpoints every block. Default:
+ * the budget that keeps the process under 6 GiB
  * (unet_train_default_budget with resident = the UNet weights as stored, which the step maps
  * and reads, + 256 MiB for the rest of the process: libraries, BLAS buffers, the widened 1-D
  * weights, adapters, Adam state, inputs).
@@ -230,12 +234,13 @@ static DbStatus train_setup(Bench *b, DbError *err)
     }
     if (st == DB_OK) st = unet_train_new(&ts.tr, ts.view, &m->unet, &d, R, wsf, budget, err);
     if (st == DB_OK) {
-        UnetTrainInfo ti;
+        UnetTrainInfo ti = {0};
         unet_train_info(ts.tr, &ti);
         snprintf(b->extra, sizeof b->extra, ", \"ckpt_budget_mib\": %.1f, \"steps\": %d, "
                  "\"kept_steps\": %d, \"kept_acts_bytes\": %zu, \"shared_acts_bytes\": %zu, "
-                 "\"train_bytes\": %zu", budget == UNET_CKPT_NONE ? -1.0 : budget / 1048576.0,
-                 ti.n_steps, ti.n_kept, ti.kept_bytes, ti.shared_bytes,
+                 "\"wcache_weights\": %d, \"wcache_bytes\": %zu, \"train_bytes\": %zu",
+                 budget == UNET_CKPT_NONE ? -1.0 : budget / 1048576.0, ti.n_steps, ti.n_kept,
+                 ti.kept_bytes, ti.shared_bytes, ti.n_wcached, ti.wcache_bytes,
                  unet_train_floats(ts.tr) * sizeof(float));
     }
     const size_t np = ts.tp ? train_params_count(ts.tp) : 0;
@@ -316,6 +321,15 @@ static long maxrss_kib(void)
 {
     struct rusage ru;
     return getrusage(RUSAGE_SELF, &ru) == 0 ? ru.ru_maxrss : -1;
+}
+
+/* CPU seconds (user + system) this process has used. */
+static double cpu_s(void)
+{
+    struct rusage ru;
+    if (getrusage(RUSAGE_SELF, &ru) != 0) return -1.0;
+    return (double)(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) +
+           (double)(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) * 1e-6;
 }
 
 static void json_str(const char *s)
@@ -407,7 +421,7 @@ int main(int argc, char **argv)
 
     DbError err = {0};
     DbStatus st = db_set_threads(b.threads, &err);
-    double open_s = 0, warm_s = 0, times[MAX_REPS];
+    double open_s = 0, warm_s = 0, times[MAX_REPS], cpu[MAX_REPS], setup_cpu = cpu_s();
     const char *status = "ok";
     if (st == DB_OK && mode->needs_model) {
         double t0 = now_s();
@@ -417,6 +431,7 @@ int main(int argc, char **argv)
     }
     if (st == DB_OK && !mode->setup) status = "unimplemented";
     else if (st == DB_OK) st = mode->setup(&b, &err);
+    setup_cpu = cpu_s() - setup_cpu;
     int done = 0;
     if (st == DB_OK && mode->setup) {
         double t0 = now_s();
@@ -424,8 +439,10 @@ int main(int argc, char **argv)
         warm_s = now_s() - t0;
         for (; st == DB_OK && done < b.reps; done++) {
             t0 = now_s();
+            const double c0 = cpu_s();
             st = mode->run(&b, &err);
             times[done] = now_s() - t0;
+            cpu[done] = cpu_s() - c0;
         }
         if (st == DB_OK && b.dump) st = dump_outputs(&b, &err);
     }
@@ -435,6 +452,8 @@ int main(int argc, char **argv)
            "\"threads\": %d, \"open_s\": %.6f, \"warmup_s\": %.6f, \"times\": [",
            mode->name, status, b.batch, b.h, b.w, b.threads, open_s, warm_s);
     for (int i = 0; i < done; i++) printf("%s%.6f", i ? ", " : "", times[i]);
+    printf("], \"setup_cpu_s\": %.3f, \"cpu_times\": [", setup_cpu);
+    for (int i = 0; i < done; i++) printf("%s%.3f", i ? ", " : "", cpu[i]);
     printf("]");
     if (done > 0 && st == DB_OK) {
         qsort(times, (size_t)done, sizeof times[0], cmp_double);
