@@ -19,6 +19,7 @@
 #include <string.h>
 
 #include <jpeglib.h>
+#include <tiffio.h>
 
 /* ---- GEGL's complaints while a file is read --------------------------------------------- */
 
@@ -200,6 +201,76 @@ static int jpeg_check(const char *path, int decode, char *msg, size_t n)
     return rc;
 }
 
+/* ---- TIFF, read by libtiff before GEGL sees it -------------------------------------------
+ * GEGL 0.4.42's gegl:tiff-load goes on decoding a file whose directory libtiff could not read
+ * and then copies past the end of its own strip buffer (an over-read found by fuzz_image). So
+ * a TIFF (by its magic or GLib's content type) is first opened here with libtiff, its first
+ * directory must be readable, and with decode every strip or tile of it is decoded (any
+ * sample format: float TIFFs stay accepted); any libtiff error is a refusal, and GEGL only
+ * gets files libtiff reads cleanly. Error handlers are process-wide in libtiff: set here, around the check only. */
+static char tiff_error[256];
+
+static void tiff_check_error(const char *module, const char *fmt, va_list ap)
+{
+    if (tiff_error[0]) return; /* keep the first */
+    int k = snprintf(tiff_error, sizeof tiff_error, "%s: ", module ? module : "libtiff");
+    if (k > 0 && (size_t)k < sizeof tiff_error)
+        vsnprintf(tiff_error + k, sizeof tiff_error - (size_t)k, fmt, ap);
+}
+
+static int is_tiff(const char *path)
+{
+    unsigned char h[4] = {0, 0, 0, 0};
+    FILE *f = fopen(path, "rb");
+    size_t got = f ? fread(h, 1, 4, f) : 0;
+    if (f) fclose(f);
+    if (got == 4 && ((h[0] == 'I' && h[1] == 'I' && (h[2] == 42 || h[2] == 43) && h[3] == 0) ||
+                     (h[0] == 'M' && h[1] == 'M' && h[2] == 0 && (h[3] == 42 || h[3] == 43))))
+        return 1;
+    gchar *type = g_content_type_guess(path, NULL, 0, NULL);
+    int tiff = g_content_type_equals(type, "image/tiff");
+    g_free(type);
+    return tiff;
+}
+
+static int tiff_check(const char *path, int decode, char *msg, size_t n)
+{
+    if (!is_tiff(path)) return 0;
+    tiff_error[0] = 0;
+    TIFFErrorHandler old_err = TIFFSetErrorHandler(tiff_check_error);
+    TIFFErrorHandler old_warn = TIFFSetWarningHandler(NULL);
+    TIFF *t = TIFFOpen(path, "r");
+    char why[64] = "";
+    if (t && (TIFFNumberOfDirectories(t) == 0 || !TIFFSetDirectory(t, 0)))
+        snprintf(why, sizeof why, "no readable image directory");
+    if (t && !why[0] && decode && !tiff_error[0]) {
+        const int tiled = TIFFIsTiled(t);
+        const uint32_t pieces = tiled ? TIFFNumberOfTiles(t) : TIFFNumberOfStrips(t);
+        const tmsize_t size = tiled ? TIFFTileSize(t) : TIFFStripSize(t);
+        void *buf = size > 0 && size <= ((tmsize_t)1 << 28) ? g_try_malloc((gsize)size) : NULL;
+        if (!buf) snprintf(why, sizeof why, "strips or tiles of an unusable size");
+        for (uint32_t i = 0; buf && i < pieces && !tiff_error[0]; i++)
+            if ((tiled ? TIFFReadEncodedTile(t, i, buf, size) : TIFFReadEncodedStrip(t, i, buf, size)) < 0)
+                snprintf(why, sizeof why, "cannot decode %s %u", tiled ? "tile" : "strip", i);
+        g_free(buf);
+    }
+    if (t) TIFFClose(t);
+    TIFFSetErrorHandler(old_err);
+    TIFFSetWarningHandler(old_warn);
+    if (!t || why[0] || tiff_error[0]) {
+        snprintf(msg, n, "%s: corrupt or truncated image (libtiff: %s)", path,
+                 tiff_error[0] ? tiff_error : why[0] ? why : "cannot open");
+        return -1;
+    }
+    return 0;
+}
+
+/* libjpeg's and libtiff's own reading before GEGL's loaders (see above). */
+static int format_check(const char *path, int decode, char *msg, size_t n)
+{
+    return jpeg_check(path, decode, msg, n) || tiff_check(path, decode, msg, n) ? -1 : 0;
+}
+
 /* The loader node's extent: the loaders read it from the header without decoding. */
 static int probe_node(GeglNode *load, const char *path, int *w, int *h, char *msg, size_t n)
 {
@@ -224,7 +295,7 @@ static int probe_node(GeglNode *load, const char *path, int *w, int *h, char *ms
 
 int image_probe(const char *path, int *width, int *height, char *msg, size_t msg_size)
 {
-    if (check_file(path, msg, msg_size) || jpeg_check(path, 0, msg, msg_size)) return -1;
+    if (check_file(path, msg, msg_size) || format_check(path, 0, msg, msg_size)) return -1;
     Capture c = capture_begin();
     GeglNode *graph = gegl_node_new();
     GeglNode *load = gegl_node_new_child(graph, "operation", "gegl:load", "path", path, NULL);
@@ -258,12 +329,12 @@ int image_load_rgb(const char *path, int width, int height, float **out, int *ou
                  width, height);
         return -1;
     }
-    if (check_file(path, msg, msg_size) || jpeg_check(path, 0, msg, msg_size)) return -1;
+    if (check_file(path, msg, msg_size) || format_check(path, 0, msg, msg_size)) return -1;
     Capture c = capture_begin();
     GeglNode *graph = gegl_node_new();
     GeglNode *load = gegl_node_new_child(graph, "operation", "gegl:load", "path", path, NULL);
     int iw = 0, ih = 0, rc = probe_node(load, path, &iw, &ih, msg, msg_size);
-    if (rc == 0) rc = jpeg_check(path, 1, msg, msg_size);
+    if (rc == 0) rc = format_check(path, 1, msg, msg_size);
     GeglBuffer *buf = rc ? NULL : decode(graph, load);
     capture_collect(&c);
     if (rc == 0 && (!buf || captured[0])) rc = fail(msg, msg_size, path, "corrupt or truncated image");
