@@ -16,14 +16,14 @@ import hashlib
 import json
 import os
 import resource
-import shutil
 import struct
 import subprocess
 import sys
-import tempfile
 import zlib
 
-FAILS = []
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "reference"))
+import harness  # noqa: E402  (work folder, exceptions, summary line, exit status)
+FAILS = harness.FAILS
 
 
 def st_write(path, tensors):
@@ -87,10 +87,9 @@ def main():
     ap.add_argument("--bpe", required=True)
     ap.add_argument("--workdir")
     a = ap.parse_args()
-    work = a.workdir or tempfile.mkdtemp(prefix="test_cli_options-")
-    os.makedirs(work, exist_ok=True)
     cli = a.cli
-    try:
+
+    def body(work):
         M = os.path.join(work, "tiny")
         p = run(cli, ["init-model", "--arch", "tiny-sd1", "--out", M, "--force", "-q", "--tokenizer-from", a.bpe])
         if p.returncode != 0:
@@ -228,15 +227,7 @@ def main():
             if leftovers:
                 FAILS.append("disk full temp: " + name)
                 print("FAIL disk full: %s: temp files left: %s" % (name, leftovers))
-    except Exception as ex:
-        import traceback
-        traceback.print_exc()
-        FAILS.append("exception: %s" % ex)
-    finally:
-        if not a.workdir:
-            shutil.rmtree(work, ignore_errors=True)
-    print("test_cli_options: %s (%d failure(s))" % ("FAIL" if FAILS else "PASS", len(FAILS)))
-    return 1 if FAILS else 0
+    return harness.main("test_cli_options", a, body)
 
 
 if __name__ == "__main__":

@@ -15,11 +15,9 @@ import argparse
 import json
 import os
 import resource
-import shutil
 import struct
 import subprocess
 import sys
-import tempfile
 import zlib
 
 try:
@@ -29,7 +27,9 @@ except ImportError as e:
     print("test_images: FAIL: needs /usr/bin/python3 with numpy and PIL (python3-pil): %s" % e)
     sys.exit(1)
 
-FAILS = []
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "reference"))
+import harness  # noqa: E402  (work folder, exceptions, summary line, exit status)
+FAILS = harness.FAILS
 
 
 def read_st(path):
@@ -149,10 +149,9 @@ def main():
     ap.add_argument("--bpe", required=True)
     ap.add_argument("--workdir")
     a = ap.parse_args()
-    work = a.workdir or tempfile.mkdtemp(prefix="test_images-")
-    os.makedirs(work, exist_ok=True)
     cli = a.cli
-    try:
+
+    def body(work):
         model = os.path.join(work, "tiny")
         p = subprocess.run([cli, "init-model", "--arch", "tiny-sd1", "--out", model, "--force", "-q",
                             "--tokenizer-from", a.bpe], capture_output=True, text=True, timeout=300)
@@ -258,15 +257,7 @@ def main():
         f = os.path.join(work, "huge.png")
         huge_png(f, 30000, 30000)
         refused(cli, model, work, "huge.png", f, ("30000x30000",), max_rss_kib=400 * 1024)
-    except Exception as ex:
-        import traceback
-        traceback.print_exc()
-        FAILS.append("exception: %s" % ex)
-    finally:
-        if not a.workdir:
-            shutil.rmtree(work, ignore_errors=True)
-    print("test_images: %s (%d failure(s))" % ("FAIL" if FAILS else "PASS", len(FAILS)))
-    return 1 if FAILS else 0
+    return harness.main("test_images", a, body)
 
 
 if __name__ == "__main__":
