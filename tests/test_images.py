@@ -246,6 +246,18 @@ def main():
             with open(f, "wb") as fh:
                 fh.write(blob)
             refused(cli, model, work, name, f)
+        # a chunk whose length field runs far past the end (libpng under GEGL skipped it for
+        # seconds, 1 KiB per empty read), and a file that ends cleanly before IEND
+        sig = b"\x89PNG\r\n\x1a\n"
+        ihdr = png_chunk(b"IHDR", struct.pack(">IIBBBBB", 16, 16, 8, 2, 0, 0, 0))
+        for name, blob, words in (
+                ("huge-chunk.png", sig + struct.pack(">I", 0x696E7075) + b"tIDR" + ihdr,
+                 ("runs past the end",)),
+                ("no-iend.png", d[: d.index(b"IEND") - 4], ("no IEND",))):
+            f = os.path.join(work, name)
+            with open(f, "wb") as fh:
+                fh.write(blob)
+            refused(cli, model, work, name, f, words)
         jf = os.path.join(work, "noise.jpg")
         Image.fromarray(noise).save(jf)
         d = open(jf, "rb").read()
