@@ -55,9 +55,21 @@ typedef enum { DB_PRED_UNKNOWN = 0, DB_PRED_EPS = 1, DB_PRED_V = 2 } DbPredictio
 
 typedef struct DbModel DbModel;
 
+/* fp32 copies of the UNet's half-precision (F16/BF16) matrices and conv kernels, made on the
+ * first UNet call and kept with the model, so that later calls read them instead of widening
+ * ~860M weights on every call (the widened values are the same either way: results are
+ * bit-identical). The copies take twice the stored size (3.2 GiB for SD 1.5); the stored
+ * half-precision pages they replace are released. */
+typedef enum {
+    DB_WEIGHT_CACHE_AUTO = 0, /* as many as fit in MemAvailable, less the call's work and 1 GiB */
+    DB_WEIGHT_CACHE_NONE = 1, /* none: least memory, widen on every call */
+    DB_WEIGHT_CACHE_ALL = 2   /* all of them */
+} DbWeightCache;
+
 typedef struct {
     const char *tokenizer;    /* --tokenizer: folder with vocab.json+merges.txt, or a bpe .txt.gz; NULL = search */
     DbPrediction prediction;  /* override; DB_PRED_UNKNOWN = from the model */
+    DbWeightCache weight_cache;
 } DbModelOptions;
 
 /* Opens a diffusers folder or a single-file checkpoint (detected by content), reads

@@ -12,6 +12,7 @@
  * SPDX-License-Identifier: GPL-3.0-or-later */
 #include "generate.h"
 #include "samplers.h"
+#include "unet.h"
 
 #include <glib.h>
 #include <math.h>
@@ -232,6 +233,7 @@ DbStatus db_generate(DbModel *m, const DbGenerateOptions *o, float *images_out,
         r.unit0 = (double)i * (steps + 1);
         snprintf(r.stage, sizeof r.stage, "image %d/%d: step 1/%d", i + 1, count, steps);
         st = sampler_run(&so, &sc, &rng, x, r.n, denoise, &r, err);
+        unet_run_release(m); /* the UNet's activations, before the VAE's */
         if (st != DB_OK) break;
         /* decode latents / scaling_factor (x2 is free now) */
         for (size_t k = 0; k < r.n; k++) r.x2[k] = x[k] / scaling;

@@ -16,6 +16,7 @@
  * A merged weight is a MergedWeight: the DbWeight header and its F32 values in one block
  * that replaces the entry in m->weights, so the hash table's g_free releases both.
  * SPDX-License-Identifier: GPL-3.0-or-later */
+#include "unet.h"
 #include "lora.h"
 #include "clip.h"
 #include "safetensors.h"
@@ -308,6 +309,7 @@ DbStatus db_model_apply_lora(DbModel *m, const char *path, float weight, DbError
         clip_state_free(m->text_state);
         m->text_state = NULL;
     }
+    unet_run_free(m); /* so may the UNet (fp32 copies of merged weights) */
     plan_free(&p);
     return st;
 }

@@ -1,8 +1,9 @@
 /* Peak memory of a run from the networks' own size functions (unet.h, vae.h, clip.h) plus the
  * weights it maps: with mmap'd weights every page read stays resident (and counts in RSS), so
- * the estimate is weights + the text encoder's widened copy + the largest call's one
- * allocation (each network call allocates once and frees at its end) + the caller's buffers +
- * a fixed base. Calls run one after another, so the work term is a max, not a sum.
+ * the estimate is weights + the widened copies the model keeps (text encoder; the UNet's fp32
+ * weight cache, whose half-precision pages are released) + the largest call's one allocation
+ * (each network call allocates once; the UNet keeps its allocation across calls, released
+ * before a VAE decode) + the caller's buffers + a fixed base. Calls run one after another, so the work term is a max, not a sum.
  * A network's weights are read (NaN/Inf scan, weights_check.c) on its first use, so the
  * mapped weights resident are those of the networks the task runs (file pages: reclaimable,
  * but they count in the peak RSS the estimate is checked against).
@@ -95,6 +96,24 @@ static uint64_t vae_bytes(const DbModel *m, const WeightSums *s, VaeSide side, s
     return 4 * n;
 }
 
+/* The UNet's fp32 weight cache (unet_run.c), sized as db_unet_forward sizes it for a first
+ * call of *work bytes: its copies are owned, the half-precision pages they replace are
+ * released, and with every weight copied the widening scratch is never touched. */
+static void unet_cache(const DbModel *m, const WeightSums *s, uint64_t available,
+                       DbMemoryEstimate *est, uint64_t *work)
+{
+    const uint64_t scratch = 4 * s->largest[NET_UNET];
+    const uint64_t full = unet_weight_cache_full(m);
+    int n_cached;
+    size_t made;
+    unet_run_cache_info(m, &n_cached, &made); /* a cache already made (0 before the first call) */
+    const uint64_t cache = m->unet_run ? made : unet_weight_cache_bytes(m, *work - scratch, available);
+    est->owned += cache;
+    est->weights -= cache / 2 < est->weights ? cache / 2 : est->weights;
+    if (full && cache == full)
+        *work -= scratch;
+}
+
 uint64_t db_memory_available(void)
 {
     FILE *f = fopen("/proc/meminfo", "r");
@@ -116,6 +135,7 @@ int db_estimate_memory(const DbModel *m, DbTask task, int batch, int width, int 
         return 0;
     WeightSums s;
     sum_weights(m, &s);
+    const uint64_t available = db_memory_available();
     const size_t f = (size_t)db_vae_scale_factor(m), B = (size_t)batch;
     const size_t H = (size_t)height, W = (size_t)width;
     const uint64_t D = (uint64_t)m->clip.hidden, ctx = 4 * DB_CONTEXT_LEN * D;
@@ -131,6 +151,7 @@ int db_estimate_memory(const DbModel *m, DbTask task, int batch, int width, int 
     case DB_TASK_UNET: /* width, height: latent size */
         est->weights = s.bytes[NET_UNET];
         est->work = unet_bytes(m, &s, B, H, W);
+        if (est->work) unet_cache(m, &s, available, est, &est->work);
         est->buffers = 4 * B * (2 * (uint64_t)m->unet.in_channels * H * W) + B * ctx;
         if (!est->work) return 0;
         break;
@@ -150,6 +171,7 @@ int db_estimate_memory(const DbModel *m, DbTask task, int batch, int width, int 
         uint64_t u = unet_bytes(m, &s, ub, H / f, W / f);
         uint64_t v = vae_bytes(m, &s, VAE_DECODER, H, W, vae);
         if (!u || !v) return 0;
+        unet_cache(m, &s, available, est, &u);
         est->work = u > v ? u : v;
         /* generate.c: 5 latents + context + one image; the CLI keeps 8-bit copies */
         est->buffers = 4 * (5 * C * (H / f) * (W / f) + ub * ctx / 4 + 3 * H * W) + 3 * H * W;
@@ -159,6 +181,6 @@ int db_estimate_memory(const DbModel *m, DbTask task, int batch, int width, int 
         return 0;
     }
     est->bytes = est->weights + est->owned + est->work + est->buffers + DB_MEMORY_BASE_BYTES;
-    est->available = db_memory_available();
+    est->available = available;
     return 1;
 }

@@ -17,7 +17,8 @@ typedef enum {
 typedef struct {
     uint64_t bytes;           /* peak resident estimate, the total of: */
     uint64_t weights;         /* mapped weight data of the networks the task runs */
-    uint64_t owned;           /* widened copies kept by the model (text encoder F16/BF16) */
+    uint64_t owned;           /* widened copies kept by the model (text encoder F16/BF16,
+                                 the UNet's fp32 weight cache) */
     uint64_t work;            /* the largest network call's activations and scratch */
     uint64_t buffers;         /* inputs/outputs held by the caller */
     uint64_t available;       /* MemAvailable from /proc/meminfo (0 when unknown) */

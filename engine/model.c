@@ -467,6 +467,8 @@ DbStatus db_model_open(DbModel **out, const char *path, const DbModelOptions *op
 {
     if (!out || !path) return db_fail(err, DB_ERR_ARG, "db_model_open: NULL argument");
     *out = NULL;
+    if (opts && (opts->weight_cache < DB_WEIGHT_CACHE_AUTO || opts->weight_cache > DB_WEIGHT_CACHE_ALL))
+        return db_fail(err, DB_ERR_ARG, "%s: invalid weight cache mode %d", path, (int)opts->weight_cache);
     if (opts && (opts->prediction < DB_PRED_UNKNOWN || opts->prediction > DB_PRED_V))
         return db_fail(err, DB_ERR_ARG, "%s: invalid prediction override %d", path, (int)opts->prediction);
     DbLayout layout;
@@ -475,6 +477,7 @@ DbStatus db_model_open(DbModel **out, const char *path, const DbModelOptions *op
     DbModel *m = g_new0(DbModel, 1);
     m->path = g_strdup(path);
     m->layout = layout;
+    m->weight_cache = opts ? opts->weight_cache : DB_WEIGHT_CACHE_AUTO;
     m->files = g_ptr_array_new_with_free_func((GDestroyNotify)safetensors_close);
     m->weights = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, weight_free);
     for (int n = 0; n < NET_COUNT; n++) m->net_weights[n] = g_ptr_array_new_with_free_func(g_free);
@@ -495,6 +498,7 @@ void db_model_free(DbModel *m)
 {
     if (!m) return;
     clip_state_free(m->text_state);
+    if (m->free_unet_run) m->free_unet_run(m);
     for (int n = 0; n < NET_COUNT; n++)
         if (m->net_weights[n]) g_ptr_array_free(m->net_weights[n], TRUE);
     if (m->weights) g_hash_table_destroy(m->weights);

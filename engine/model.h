@@ -81,6 +81,11 @@ struct DbModel {
                                      order, for the NaN/Inf scan (names: a LoRA merge replaces
                                      the DbWeight) */
     unsigned finite_checked;      /* bit 1 << net: that network's weights were scanned */
+    DbWeightCache weight_cache;
+    void *unet_run;               /* UNet state, fp32 weight copies and activations kept between
+                                     db_unet_forward calls (unet_run.c) */
+    void (*free_unet_run)(DbModel *m); /* set with unet_run, called by db_model_free (the model
+                                          code itself does not link the UNet) */
 };
 
 /* weights_check.c: scans net's weights for NaN/Inf once (on the first call that runs it; a

@@ -14,24 +14,26 @@
  * SPDX-License-Identifier: GPL-3.0-or-later */
 #include "unet.h"
 
+#include "bigalloc.h"
 #include "kernels.h"
+#include "weights.h"
 
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-/* Caller-side limits: with channels <= 2^16 (config check) every size below is a sum of a
- * few dozen products bounded by batch 2^10 x channels 2^16 x pixels 2^24, far from
+/* Sizes below: with channels <= 2^16 (config check) and UNET_MAX_* (unet.h) every size is a sum
+ * of a few dozen products bounded by batch 2^10 x channels 2^16 x pixels 2^24, far from
  * SIZE_MAX; the final byte count is checked. */
-#define UNET_MAX_BATCH 1024
-#define UNET_MAX_SIDE 4096
-#define UNET_MAX_SEQ 4096
 
 struct UnetState {
     UnetParams p;
     float *vec;        /* 1-D parameters widened to f32 */
     size_t wmax;       /* floats the widened-weight scratch must hold */
+    float *cache;      /* fp32 copies of half-precision matrices and kernels (wf) */
+    size_t cache_floats;
+    int n_cached;
 };
 
 /* ---- parameters ---------------------------------------------------------------------- */
@@ -44,6 +46,9 @@ typedef struct {
     size_t nvec;   /* floats used (pass 1) or needed (pass 0) */
     size_t wmax;
     DbError *err;
+    float *cache;  /* pass 1: fp32 copies go here while cache_left floats remain */
+    size_t cache_left;
+    int n_cached;
 } Walk;
 
 /* name must exist with exactly shape s[0..ndim-1] and a float dtype. */
@@ -104,6 +109,16 @@ static DbStatus walk_lin(Walk *k, UnetLin *l, const char *prefix, int64_t oc, in
         return st;
     if (l->w->t.nelem > k->wmax)
         k->wmax = l->w->t.nelem;
+    if (k->pass == 1 && k->cache && weight_needs_scratch(l->w) && l->w->t.nelem <= k->cache_left) {
+        const UnetWork into = {.wscratch = k->cache};
+        l->wf = NULL;
+        const float *w = unet_weight(l, &into);
+        if (w != k->cache)
+            memcpy(k->cache, w, l->w->t.nelem * sizeof *w);
+        weight_release_pages(k->m, l->w);
+        l->wf = k->cache;
+        k->cache += l->w->t.nelem, k->cache_left -= l->w->t.nelem, k->n_cached++;
+    }
     if (k->pass == 2) {
         train_params_bind(k->tp, name, &l->wf, &l->dw);
         train_params_bind_lora(k->tp, prefix, &l->lora, &l->dlora);
@@ -221,7 +236,7 @@ static DbStatus unet_walk(Walk *k, UnetParams *p, const UnetConfig *c)
     return DB_OK;
 }
 
-DbStatus unet_state_build(UnetState **out, const DbModel *m, DbError *err)
+DbStatus unet_state_build(UnetState **out, const DbModel *m, size_t cache_bytes, DbError *err)
 {
     *out = NULL;
     const UnetConfig *c = &m->unet;
@@ -232,14 +247,20 @@ DbStatus unet_state_build(UnetState **out, const DbModel *m, DbError *err)
     UnetState *s = calloc(1, sizeof *s);
     if (!s)
         return db_fail(err, DB_ERR_NOMEM, "UNet: out of memory");
-    Walk k = {m, 0, NULL, NULL, 0, 0, err};
+    Walk k = {m, 0, NULL, NULL, 0, 0, err, NULL, 0, 0};
     DbStatus st = unet_walk(&k, &s->p, c);
     if (st == DB_OK && !(s->vec = malloc((k.nvec ? k.nvec : 1) * sizeof(float))))
         st = db_fail(err, DB_ERR_NOMEM, "UNet: cannot allocate %zu floats of parameters", k.nvec);
+    const uint64_t full = unet_weight_cache_full(m);
+    s->cache_floats = (size_t)((cache_bytes < full ? cache_bytes : full) / sizeof(float));
+    if (st == DB_OK && s->cache_floats && !(s->cache = db_big_alloc(s->cache_floats * sizeof(float))))
+        st = db_fail(err, DB_ERR_NOMEM, "UNet: cannot allocate %.1f MiB of fp32 weight copies "
+                     "(use no weight cache)", (double)s->cache_floats * sizeof(float) / 1048576.0);
     if (st == DB_OK) {
-        Walk k1 = {m, 1, NULL, s->vec, 0, 0, err};
+        Walk k1 = {m, 1, NULL, s->vec, 0, 0, err, s->cache, s->cache_floats, 0};
         st = unet_walk(&k1, &s->p, c);
         s->wmax = k1.wmax;
+        s->n_cached = k1.n_cached;
     }
     if (st != DB_OK) {
         unet_state_free(s);
@@ -256,7 +277,7 @@ DbStatus unet_train_view_build(UnetParams *view, const UnetState *s, const DbMod
 {
     *view = s->p;
     train_params_bind_reset(tp);
-    Walk k = {m, 2, tp, NULL, 0, 0, err};
+    Walk k = {m, 2, tp, NULL, 0, 0, err, NULL, 0, 0};
     TRY(unet_walk(&k, view, &m->unet));
     if (train_params_bound(tp) != train_params_count_tensors(tp))
         return db_fail(err, DB_ERR_MODEL, "%s: %zu of %zu trainable UNet tensors have no slot",
@@ -267,10 +288,17 @@ DbStatus unet_train_view_build(UnetParams *view, const UnetState *s, const DbMod
 }
 size_t unet_state_wscratch_size(const UnetState *s) { return s->wmax; }
 
+void unet_state_cache_info(const UnetState *s, int *n_cached, size_t *bytes)
+{
+    *n_cached = s->n_cached;
+    *bytes = s->cache_floats * sizeof(float);
+}
+
 void unet_state_free(UnetState *s)
 {
     if (!s)
         return;
+    free(s->cache);
     free(s->vec);
     free(s);
 }
@@ -492,58 +520,29 @@ DbStatus unet_forward(float *out, UnetActs *a, const UnetWork *wk, const float *
     return DB_OK;
 }
 
-/* ---- public entry -------------------------------------------------------------------- */
-
-int db_unet_out_channels(const DbModel *m) { return m ? m->unet.out_channels : 0; }
-
-DbStatus db_unet_forward(DbModel *m, const float *sample, const float *timesteps,
-                         const float *context, int batch, int h, int w, int seq, float *out,
-                         DbProgressFn progress, void *user, DbError *err)
+DbStatus unet_forward_size(size_t *floats, const UnetConfig *c, const UnetDims *d,
+                           size_t wscratch_floats, DbError *err)
 {
-    if (!m || !sample || !timesteps || !context || !out)
-        return db_fail(err, DB_ERR_ARG, "UNet: model, sample, timesteps, context and output are required");
-    const UnetConfig *c = &m->unet;
-    const int mult = 1 << (c->n_blocks - 1);
-    if (batch < 1 || batch > UNET_MAX_BATCH)
-        return db_fail(err, DB_ERR_ARG, "UNet: batch %d is outside [1, %d]", batch, UNET_MAX_BATCH);
-    if (h < 1 || w < 1 || h > UNET_MAX_SIDE || w > UNET_MAX_SIDE || h % mult || w % mult)
-        return db_fail(err, DB_ERR_ARG,
-                       "UNet: latent size %dx%d must be a multiple of %d between %d and %d",
-                       h, w, mult, mult, UNET_MAX_SIDE);
-    if (seq < 1 || seq > UNET_MAX_SEQ)
-        return db_fail(err, DB_ERR_ARG, "UNet: context length %d is outside [1, %d]", seq,
-                       UNET_MAX_SEQ);
-    UnetState *s;
-    DbStatus st = model_check_finite(m, NET_UNET, err);
-    if (st == DB_OK) st = unet_state_build(&s, m, err);
+    size_t n_acts;
+    DbStatus st = unet_acts_size(&n_acts, c, d, err);
     if (st != DB_OK)
         return st;
-    const UnetDims d = {(size_t)batch, (size_t)h, (size_t)w, (size_t)seq};
-    size_t n_acts;
-    if ((st = unet_acts_size(&n_acts, c, &d, err)) != DB_OK) {
-        unet_state_free(s);
-        return st;
-    }
     UnetSizes z;
-    unet_sizes(&z, c, &d);
-    /* one allocation: activations, block work, im2col scratch, widened-weight scratch */
-    const size_t total = n_acts + z.work + z.conv + unet_state_wscratch_size(s);
-    float *mem = total <= SIZE_MAX / sizeof(float) ? malloc(total * sizeof(float)) : NULL;
-    if (!mem) {
-        unet_state_free(s);
-        return db_fail(err, DB_ERR_NOMEM, "UNet: cannot allocate %.1f MiB of activations",
-                       (double)total * sizeof(float) / 1048576.0);
-    }
-    UnetActs a;
-    float *rest = unet_acts_carve(&a, mem, c, &d);
-    UnetWork wk = {.work = rest, .conv_scratch = rest + z.work, .conv_scratch_n = z.conv,
-                   .wscratch = rest + z.work + z.conv};
-    UnetProgress pr = {progress, user, 0, unet_block_count(c)};
-    st = unet_forward(out, &a, &wk, sample, timesteps, context, unet_state_params(s), c, &d, &pr,
-                      err);
-    free(mem);
-    unet_state_free(s);
-    return st;
+    unet_sizes(&z, c, d);
+    *floats = n_acts + z.work + z.conv + wscratch_floats;
+    return DB_OK;
+}
+
+void unet_forward_carve(UnetActs *a, UnetWork *wk, float *mem, const UnetConfig *c,
+                        const UnetDims *d)
+{
+    UnetSizes z;
+    unet_sizes(&z, c, d);
+    float *rest = unet_acts_carve(a, mem, c, d);
+    wk->work = rest;
+    wk->conv_scratch = rest + z.work;
+    wk->conv_scratch_n = z.conv;
+    wk->wscratch = rest + z.work + z.conv;
 }
 
 /* im2col scratch: the largest one-image column matrix [Cin*K*K, Hout*Wout] of any conv,

@@ -3,7 +3,8 @@
  * Layout: activations NCHW [B, C, H, W] between blocks; inside a Transformer2DModel tokens
  * [B, H*W, C]. Weights: 1-D parameters (norms, biases) are widened to f32 once per state;
  * matrices and conv kernels stay in the mapped file (F32/F16/BF16) and are widened per
- * layer, on use, into ONE scratch sized to the largest of them (weights.h).
+ * layer, on use, into ONE scratch sized to the largest of them (weights.h), unless the state
+ * holds an fp32 copy of them (its weight cache, unet_state_build).
  *
  * Every block forward (unet_resnet_forward, unet_transformer_forward, ...) is callable on
  * its own with a work buffer sized by its *_work_size function, so that a backward with
@@ -18,12 +19,17 @@
 #include <stdint.h>
 
 #define UNET_MAX_LAYERS 16 /* layers_per_block (config range); up blocks have one more */
+/* db_unet_forward's ranges */
+#define UNET_MAX_BATCH 1024
+#define UNET_MAX_SIDE 4096
+#define UNET_MAX_SEQ 4096
 
 /* A linear layer or a conv: weight [OC, IC] or [OC, IC, K, K] as in the file (widened on
  * use); bias [OC] f32 (NULL: none). w == NULL: the layer is absent (identity shortcut).
- * Training view (unet_train_view_build): wf, when set, is the fp32 master of the weight and
- * replaces w; dw, db [same shapes] its gradients (NULL: frozen); lora/dlora the adapter
- * (lora.down NULL: none). Inference leaves all of them zero. */
+ * wf, when set, replaces w: an fp32 copy of a half-precision weight made by unet_state_build
+ * (the weight cache), or in a training view (unet_train_view_build) the fp32 master of a
+ * trainable weight; dw, db [same shapes] its gradients (NULL: frozen); lora/dlora the adapter
+ * (lora.down NULL: none). Inference leaves dw, db and lora zero. */
 typedef struct {
     const DbWeight *w;
     const float *b;
@@ -124,10 +130,32 @@ typedef struct {
 
 /* ---- state (unet.c) ---- */
 typedef struct UnetState UnetState;
-DbStatus unet_state_build(UnetState **out, const DbModel *m, DbError *err);
+/* The UNet's parameters as a UnetParams over m's weights. cache_bytes: room for fp32 copies of
+ * half-precision matrices and kernels (weight_needs_scratch), made here in walk order while
+ * they fit, in one allocation; each copied weight's mapped pages are released
+ * (weight_release_pages). 0: none. */
+DbStatus unet_state_build(UnetState **out, const DbModel *m, size_t cache_bytes, DbError *err);
 const UnetParams *unet_state_params(const UnetState *s);
 size_t unet_state_wscratch_size(const UnetState *s); /* floats */
+void unet_state_cache_info(const UnetState *s, int *n_cached, size_t *bytes);
 void unet_state_free(UnetState *s);
+
+/* ---- the model's runtime (unet_run.c) ----
+ * db_unet_forward keeps a UnetState (with its weight cache) and the last call's activation
+ * allocation in m->unet_run, so that sampling steps neither rebuild nor re-fault them. */
+/* Bytes of fp32 copies of all of m's half-precision UNet matrices and kernels. */
+uint64_t unet_weight_cache_full(const DbModel *m);
+/* Bytes the weight cache gets under m->weight_cache for a call whose work (activations and
+ * scratch) takes work_bytes, with available bytes of free memory (AUTO: available - work -
+ * 1 GiB, at most the full cache; 0 when available is 0 = unknown). */
+uint64_t unet_weight_cache_bytes(const DbModel *m, uint64_t work_bytes, uint64_t available);
+/* Frees the kept activations (before a VAE call: the estimate counts one network's work at a
+ * time); the state and its weight cache stay. */
+void unet_run_release(DbModel *m);
+/* Frees all of it (model free, LoRA merge: the cached copies would be stale). */
+void unet_run_free(DbModel *m);
+/* The kept weight cache (0, 0 before the first UNet call). */
+void unet_run_cache_info(const DbModel *m, int *n_cached, size_t *bytes);
 /* Training view: *view = the state's parameters with every slot bound to tp
  * (train_params.h): selected weights point to their fp32 masters and get gradient pointers,
  * adapted layers get their LoRA; fails unless every tensor of tp reached a slot. */
@@ -211,6 +239,12 @@ const float *unet_weight(const UnetLin *l, const UnetWork *wk);
  * One forward allocates unet_acts_size + the largest block work + unet_conv_scratch_size +
  * unet_state_wscratch_size floats, once (db_unet_forward). */
 DbStatus unet_acts_size(size_t *nfloats, const UnetConfig *c, const UnetDims *d, DbError *err);
+/* Floats of that one allocation, with a widened-weight scratch of wscratch_floats, and its
+ * carving into activations and work (the scratch last). */
+DbStatus unet_forward_size(size_t *floats, const UnetConfig *c, const UnetDims *d,
+                           size_t wscratch_floats, DbError *err);
+void unet_forward_carve(UnetActs *a, UnetWork *wk, float *mem, const UnetConfig *c,
+                        const UnetDims *d);
 size_t unet_conv_scratch_size(const UnetConfig *c, const UnetDims *d);
 /* Blocks run by unet_forward (for progress fractions). */
 int unet_block_count(const UnetConfig *c);

@@ -28,6 +28,7 @@
  * SPDX-License-Identifier: GPL-3.0-or-later */
 #include "unet.h"
 
+#include "bigalloc.h"
 #include "kernels.h"
 #include "weights.h"
 
@@ -577,7 +578,7 @@ DbStatus unet_train_new(UnetTrain **out, const UnetParams *view, const UnetConfi
     const size_t G = (size_t)c->norm_groups, HW0 = d->H * d->W;
     TrainSizes z;
     const int ok = train_layout(t, &z, act_budget, wscratch_floats);
-    if (!ok || !(t->mem = malloc(z.total * sizeof(float)))) {
+    if (!ok || !(t->mem = db_big_alloc(z.total * sizeof(float)))) {
         free(t);
         return db_fail(err, DB_ERR_NOMEM, "UNet training: cannot allocate %.1f MiB for batch %zu "
                        "at %zux%zu", ok ? (double)z.total * sizeof(float) / 1048576.0 : -1.0, B,

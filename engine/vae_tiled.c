@@ -18,6 +18,7 @@
  * SPDX-License-Identifier: GPL-3.0-or-later */
 #include "vae.h"
 
+#include "bigalloc.h"
 #include "weights.h"
 
 #include <stdlib.h>
@@ -186,7 +187,7 @@ static DbStatus vae_run_job(DbModel *m, const VaeJob *j, const DbVaeOptions *o,
              !__builtin_add_overflow(total, n_col, &total) &&
              !__builtin_add_overflow(total, n_crop, &total) &&
              !__builtin_add_overflow(total, n_blend, &total) && total < SIZE_MAX / sizeof(float);
-    float *mem = ok ? malloc(total * sizeof *mem) : NULL;
+    float *mem = ok ? db_big_alloc(total * sizeof *mem) : NULL;
     if (!mem) {
         free(p);
         if (st != DB_OK) return st;

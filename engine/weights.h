@@ -13,6 +13,11 @@ const float *weight_f32(const DbWeight *w, float *scratch);
 /* 1 when weight_f32 would need scratch for w. */
 int weight_needs_scratch(const DbWeight *w);
 
+/* Releases the whole pages of w's data when they lie in one of m's file mappings (an fp32
+ * copy replaces them; a later read faults them in again from the file). Owned data (a merged
+ * LoRA) is left alone. */
+void weight_release_pages(const DbModel *m, const DbWeight *w);
+
 /* weights_check.c: index of the first NaN/Inf among nelem values of dtype (F32, F16, BF16) at
  * data (any alignment), or SIZE_MAX when all are finite; *is_nan (may be NULL) says which. */
 size_t weights_find_nonfinite(const void *data, DbDtype dtype, size_t nelem, int *is_nan);

@@ -115,6 +115,8 @@ def main():
             ("info: --threads -3", ["info", M, "--threads", "-3"], UF, ("--threads",)),
             ("info: --threads abc", ["info", M, "--threads", "abc"], U, ("threads",)),
             ("info: --prediction x", ["info", M, "--prediction", "x"], UF, ("--prediction",)),
+            ("info: --weight-cache most", ["info", M, "--weight-cache", "most"], UF,
+             ("--weight-cache", "auto, none or all")),
             ("info: unknown option", ["info", M, "--bogus"], U, ("bogus",)),
             ("tokenize: no prompt", ["tokenize", M], U, ()),
             ("tokenize: invalid UTF-8", ["tokenize", M, bad_utf8], F, ("UTF-8",)),

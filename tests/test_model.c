@@ -5,9 +5,11 @@
  * Weights loaded must equal the bytes written exactly. Exit status is the verdict.
  * SPDX-License-Identifier: GPL-3.0-or-later */
 #include "keymap.h"
+#include "unet.h"
 
 #include <glib.h>
 #include <glib/gstdio.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -674,9 +676,61 @@ static void expect_tokens(const DbModel *m, int pad, const char *what)
           "%s: tokenize: %s ids %d %d %d .. pad %d (want %d)", what, err.msg, ids[0], ids[1], ids[6], ids[7], pad);
 }
 
+/* The UNet runtime (unet_run.c) on an F16 model: with the fp32 weight cache (all) and without
+ * (none) every output is bit-identical, across repeated calls and a change of shape in between;
+ * all copies every half-precision matrix and kernel, none copies nothing; a freed runtime is
+ * rebuilt on the next call. */
+static void test_unet_cache(const char *dir)
+{
+    DbModelOptions none = {NULL, DB_PRED_UNKNOWN, DB_WEIGHT_CACHE_NONE};
+    DbModelOptions all = {NULL, DB_PRED_UNKNOWN, DB_WEIGHT_CACHE_ALL};
+    DbModel *a = open_ok(dir, &none), *b = open_ok(dir, &all);
+    if (!a || !b) {
+        db_model_free(a);
+        db_model_free(b);
+        return;
+    }
+    const int B = 2, S = 7, X = a->unet.cross_dim, C = a->unet.in_channels;
+    const int shapes[4][3] = {{2, 16, 16}, {1, 8, 24}, {2, 16, 16}, {2, 24, 8}}; /* batch, h, w */
+    float *x = g_new(float, (size_t)B * C * 24 * 24), *ctx = g_new(float, (size_t)B * S * X);
+    float *o1 = g_new(float, (size_t)B * C * 24 * 24), *o2 = g_new(float, (size_t)B * C * 24 * 24);
+    float *first = g_new(float, (size_t)B * C * 16 * 16);
+    const float t[2] = {999.0f, 1.0f};
+    uint32_t r = 7u;
+    for (size_t i = 0; i < (size_t)B * C * 24 * 24; i++) r = r * 1664525u + 1013904223u, x[i] = (float)(r >> 8) / 8388608.0f - 1.0f;
+    for (size_t i = 0; i < (size_t)B * S * X; i++) r = r * 1664525u + 1013904223u, ctx[i] = (float)(r >> 8) / 8388608.0f - 1.0f;
+    for (int k = 0; k < 4; k++) {
+        const int nb = shapes[k][0], h = shapes[k][1], w = shapes[k][2];
+        const size_t n = (size_t)nb * C * h * w;
+        DbError e1 = {0}, e2 = {0};
+        DbStatus s1 = db_unet_forward(a, x, t, ctx, nb, h, w, S, o1, NULL, NULL, &e1);
+        DbStatus s2 = db_unet_forward(b, x, t, ctx, nb, h, w, S, o2, NULL, NULL, &e2);
+        CHECK(s1 == DB_OK && s2 == DB_OK, "unet forward %dx%dx%d: %s / %s", nb, h, w, e1.msg, e2.msg);
+        if (s1 != DB_OK || s2 != DB_OK) break;
+        int finite = 1;
+        for (size_t i = 0; i < n; i++) finite &= isfinite(o1[i]) != 0;
+        CHECK(finite, "unet forward %dx%dx%d: non-finite output", nb, h, w);
+        CHECK(memcmp(o1, o2, n * sizeof *o1) == 0, "weight cache all vs none differ at %dx%dx%d", nb, h, w);
+        if (k == 0) memcpy(first, o1, n * sizeof *o1);
+        if (k == 2) CHECK(memcmp(first, o1, n * sizeof *o1) == 0, "a repeated call differs");
+        if (k == 2) unet_run_free(b); /* the next call rebuilds it */
+    }
+    int na, nb;
+    size_t ba, bb;
+    unet_run_cache_info(a, &na, &ba);
+    unet_run_cache_info(b, &nb, &bb);
+    CHECK(na == 0 && ba == 0, "weight cache none made %d copies (%zu bytes)", na, ba);
+    CHECK(nb > 0 && bb == unet_weight_cache_full(b) && bb > 0,
+          "weight cache all: %d copies, %zu of %llu bytes", nb, bb,
+          (unsigned long long)unet_weight_cache_full(b));
+    g_free(x), g_free(ctx), g_free(o1), g_free(o2), g_free(first);
+    db_model_free(a);
+    db_model_free(b);
+}
+
 static void test_open(void)
 {
-    DbModelOptions opts = {NULL, DB_PRED_UNKNOWN};
+    DbModelOptions opts = {NULL, DB_PRED_UNKNOWN, DB_WEIGHT_CACHE_AUTO};
     DbModelInfo info;
     const char *bpe = find_bpe();
     CHECK(bpe != NULL, "fixture bpe_simple_vocab_16e6.txt.gz not found (set DB_TEST_BPE)");
@@ -685,6 +739,7 @@ static void test_open(void)
     Tiny t1;
     tiny_make(&t1, DB_FAMILY_SD1, DB_DTYPE_F16);
     char *d1 = write_diffusers(&t1, "sd1-diffusers", 0);
+    test_unet_cache(d1);
     DbModel *m = open_ok(d1, NULL);
     if (m) {
         compare(m, &t1, "SD1 diffusers");
@@ -766,7 +821,7 @@ static void test_open(void)
         compare(m, &t2, "SD2 diffusers (old VAE attention names)");
         CHECK(strcmp(m->storage_dtype, "F32") == 0, "storage %s", m->storage_dtype);
         if (bpe) {
-            DbModelOptions o = {bpe, DB_PRED_UNKNOWN};
+            DbModelOptions o = {bpe, DB_PRED_UNKNOWN, DB_WEIGHT_CACHE_AUTO};
             DbModel *m2 = open_ok(d2, &o);
             if (m2) expect_tokens(m2, 0, "SD2 diffusers (pad \"!\")");
             db_model_free(m2);

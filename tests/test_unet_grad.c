@@ -297,7 +297,7 @@ int main(void)
     UnetParams *view = g_new0(UnetParams, 1);
     const UnetDims d = {2, 8, 8, 5};
     Run r = {0};
-    if (unet_state_build(&state, m, &err) != DB_OK ||
+    if (unet_state_build(&state, m, 0, &err) != DB_OK ||
         train_params_new(&tp, m, NET_UNET, &spec, &err) != DB_OK ||
         unet_train_view_build(view, state, m, tp, &err) != DB_OK ||
         unet_train_new(&r.tr, view, c, &d, 3, unet_state_wscratch_size(state), UNET_CKPT_ALL,
@@ -402,7 +402,7 @@ int main(void)
     UnetState *state16 = NULL;
     if (db_init_model("tiny-sd1", path16, &io16, NULL, NULL, NULL, &err) != DB_OK ||
         db_model_open(&m16, path16, NULL, &err) != DB_OK ||
-        unet_state_build(&state16, m16, &err) != DB_OK) {
+        unet_state_build(&state16, m16, 0, &err) != DB_OK) {
         printf("FAIL F16 model: %s\n", err.msg);
         return 1;
     }

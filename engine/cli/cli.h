@@ -17,6 +17,7 @@
 typedef struct {
     char *tokenizer;
     char *prediction;
+    char *weight_cache;
     int threads;
 } CliModelOptions;
 

@@ -47,7 +47,7 @@ DbStatus cli_backward_unet(DbModel *m, const SafetensorsFile *in, SafetensorsWri
     const UnetDims d = {(size_t)ss[0], (size_t)ss[2], (size_t)ss[3], (size_t)cs[1]};
     if (st == DB_OK) st = cli_read_timesteps(in, d.B, &t, err);
     if (st == DB_OK) st = model_check_finite(m, NET_UNET, err);
-    if (st == DB_OK) st = unet_state_build(&state, m, err);
+    if (st == DB_OK) st = unet_state_build(&state, m, 0, err);
     if (st == DB_OK) st = train_params_new(&tp, m, NET_UNET, spec, err);
     if (st == DB_OK && lora_init) st = train_params_load_lora(tp, lora_init, err);
     if (st == DB_OK && !(view = g_try_new0(UnetParams, 1)))

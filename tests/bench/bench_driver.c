@@ -2,6 +2,7 @@
  *
  *   bench_driver MODE [--model DIR] [--batch B] [--size H[xW]] [--reps N] [--warmup N]
  *                [--threads T] [--rank R] [--ckpt-budget MIB|none] [--dump FILE]
+ *                [--weight-cache auto|none|all]
  *
  * MODE: unet (latent H x W), vae-decode (latent H x W), vae-encode (image H x W),
  * text-encoder (B x 77 ids), sgemm (H x H x H cblas_sgemm), train-step (LoRA step, latent
@@ -13,6 +14,9 @@
  * setup: model open excluded), cpu_times (CPU seconds per call), median_s, maxrss_kib
  * (getrusage: whole process peak), status ("ok", "unimplemented" or "error" with "error").
  * Exit status 0 unless an error.
+ * sgemm adds blas_core (openblas_get_corename: the kernels OpenBLAS chose, or OPENBLAS_CORETYPE's).
+ * unet adds unet_cache_weights / unet_cache_bytes: the fp32 weight copies db_unet_forward made
+ * under --weight-cache (DbWeightCache of the model options; default auto).
  * train-step adds ckpt_budget_mib (the activation budget of unet_train_new), steps, kept_steps
  * (blocks whose internals are kept from the forward, not recomputed), kept_acts_bytes,
  * shared_acts_bytes (the region the recomputed blocks share), wcache_weights / wcache_bytes
@@ -216,7 +220,7 @@ static DbStatus train_setup(Bench *b, DbError *err)
     const size_t nc = B * DB_CONTEXT_LEN * (size_t)m->unet.cross_dim;
     const TrainSpec spec = {NULL, b->rank, (float)b->rank, TRAIN_LORA_ATTN, 0};
     const UnetDims d = {B, (size_t)b->h, (size_t)b->w, DB_CONTEXT_LEN};
-    DbStatus st = unet_state_build(&ts.state, m, err);
+    DbStatus st = unet_state_build(&ts.state, m, 0, err);
     if (st == DB_OK) st = train_params_new(&ts.tp, m, NET_UNET, &spec, err);
     if (st == DB_OK && !(ts.view = calloc(1, sizeof *ts.view)))
         st = db_fail(err, DB_ERR_NOMEM, "bench: out of memory");
@@ -378,7 +382,8 @@ static int usage(void)
 {
     fprintf(stderr, "usage: bench_driver unet|vae-decode|vae-encode|text-encoder|sgemm|train-step "
                     "[--model DIR] [--batch B] [--size H[xW]] [--reps N] [--warmup N] "
-                    "[--threads T] [--rank R] [--ckpt-budget MIB|none] [--dump FILE]\n");
+                    "[--threads T] [--rank R] [--ckpt-budget MIB|none] [--dump FILE] "
+                    "[--weight-cache auto|none|all]\n");
     return 2;
 }
 
@@ -386,6 +391,7 @@ int main(int argc, char **argv)
 {
     Bench b = {.batch = 1, .h = 64, .w = 64, .reps = 3, .warmup = 1, .threads = 2, .rank = 4,
                .ckpt_mib = -1};
+    DbModelOptions mopts = {NULL, DB_PRED_UNKNOWN, DB_WEIGHT_CACHE_AUTO};
     const Mode *mode = NULL;
     if (argc < 2) return usage();
     for (size_t i = 0; i < sizeof modes / sizeof modes[0]; i++)
@@ -402,7 +408,12 @@ int main(int argc, char **argv)
         else if (ok && !strcmp(a, "--warmup")) ok = parse_int(v, 0, MAX_REPS, &b.warmup);
         else if (ok && !strcmp(a, "--threads")) ok = parse_int(v, 1, 1024, &b.threads);
         else if (ok && !strcmp(a, "--rank")) ok = parse_int(v, 1, 1024, &b.rank);
-        else if (ok && !strcmp(a, "--ckpt-budget")) {
+        else if (ok && !strcmp(a, "--weight-cache")) {
+            static const char *const wc[] = {"auto", "none", "all"};
+            ok = 0;
+            for (int k = 0; k < 3; k++)
+                if (!strcmp(v, wc[k])) mopts.weight_cache = (DbWeightCache)k, ok = 1;
+        } else if (ok && !strcmp(a, "--ckpt-budget")) {
             int mib;
             ok = !strcmp(v, "none") || parse_int(v, 0, 1 << 24, &mib);
             b.ckpt_mib = !strcmp(v, "none") ? -2 : ok ? mib : -1;
@@ -425,7 +436,7 @@ int main(int argc, char **argv)
     const char *status = "ok";
     if (st == DB_OK && mode->needs_model) {
         double t0 = now_s();
-        st = db_model_open(&b.model, b.model_path, NULL, &err);
+        st = db_model_open(&b.model, b.model_path, &mopts, &err);
         open_s = now_s() - t0;
         if (st == DB_OK) db_model_get_info(b.model, &b.info);
     }
@@ -447,6 +458,15 @@ int main(int argc, char **argv)
         if (st == DB_OK && b.dump) st = dump_outputs(&b, &err);
     }
     if (st != DB_OK) status = "error";
+    if (st == DB_OK && !strcmp(mode->name, "sgemm"))
+        snprintf(b.extra, sizeof b.extra, ", \"blas_core\": \"%s\"", openblas_get_corename());
+    if (st == DB_OK && !strcmp(mode->name, "unet")) {
+        int n_cached;
+        size_t bytes;
+        unet_run_cache_info(b.model, &n_cached, &bytes);
+        snprintf(b.extra, sizeof b.extra, ", \"unet_cache_weights\": %d, \"unet_cache_bytes\": %zu",
+                 n_cached, bytes);
+    }
 
     printf("{\"mode\": \"%s\", \"status\": \"%s\", \"batch\": %d, \"h\": %d, \"w\": %d, "
            "\"threads\": %d, \"open_s\": %.6f, \"warmup_s\": %.6f, \"times\": [",
