@@ -723,6 +723,46 @@ static void test_unet_cache(const char *dir)
     CHECK(nb > 0 && bb == unet_weight_cache_full(b) && bb > 0,
           "weight cache all: %d copies, %zu of %llu bytes", nb, bb,
           (unsigned long long)unet_weight_cache_full(b));
+
+    /* a partial cache (half the bytes: some weights copied, the rest widened per call) gives
+     * the same bytes too */
+    const uint64_t full = unet_weight_cache_full(a);
+    UnetState *st = NULL;
+    DbError e = {0};
+    const UnetDims d = {2, 16, 16, (size_t)S};
+    size_t floats = 0;
+    if (unet_state_build(&st, a, (size_t)(full / 2), &e) == DB_OK &&
+        unet_forward_size(&floats, &a->unet, &d, unet_state_wscratch_size(st), &e) == DB_OK) {
+        int nh;
+        size_t bh;
+        unet_state_cache_info(st, &nh, &bh);
+        CHECK(nh > 0 && nh < nb && bh <= full / 2, "half cache: %d of %d copies, %zu bytes", nh, nb, bh);
+        float *mem = g_new(float, floats);
+        UnetActs acts;
+        UnetWork wk;
+        unet_forward_carve(&acts, &wk, mem, &a->unet, &d);
+        UnetProgress pr = {NULL, NULL, 0, unet_block_count(&a->unet)};
+        DbStatus s3 = unet_forward(o2, &acts, &wk, x, t, ctx, unet_state_params(st), &a->unet, &d, &pr, &e);
+        CHECK(s3 == DB_OK && memcmp(o2, first, (size_t)B * C * 16 * 16 * sizeof *o2) == 0,
+              "half cache differs from none (%s)", e.msg);
+        g_free(mem);
+    } else {
+        CHECK(0, "half cache: %s", e.msg);
+    }
+    unet_state_free(st);
+
+    /* auto: what MemAvailable leaves after the work and 1 GiB, at most all, none when unknown */
+    const uint64_t gib = (uint64_t)1 << 30, w = 100u << 20;
+    a->weight_cache = DB_WEIGHT_CACHE_AUTO;
+    CHECK(unet_weight_cache_bytes(a, w, 0) == 0, "auto with unknown memory caches");
+    CHECK(unet_weight_cache_bytes(a, w, w + gib) == 0, "auto without room caches");
+    CHECK(unet_weight_cache_bytes(a, w, w + gib + 1000) == (full < 1000 ? full : 1000),
+          "auto with 1000 bytes of room: %llu", (unsigned long long)unet_weight_cache_bytes(a, w, w + gib + 1000));
+    CHECK(unet_weight_cache_bytes(a, w, 64 * gib) == full, "auto with plenty of room");
+    a->weight_cache = DB_WEIGHT_CACHE_NONE;
+    CHECK(unet_weight_cache_bytes(a, w, 64 * gib) == 0, "none caches");
+    a->weight_cache = DB_WEIGHT_CACHE_ALL;
+    CHECK(unet_weight_cache_bytes(a, w, 0) == full, "all caches less than all");
     g_free(x), g_free(ctx), g_free(o1), g_free(o2), g_free(first);
     db_model_free(a);
     db_model_free(b);
