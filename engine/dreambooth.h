@@ -65,6 +65,8 @@ typedef enum {
     DB_WEIGHT_CACHE_NONE = 1, /* none: least memory, widen on every call */
     DB_WEIGHT_CACHE_ALL = 2   /* all of them */
 } DbWeightCache;
+/* "auto", "none", "all" -> *out; 0, or -1 for another name. */
+int db_weight_cache_from_name(const char *name, DbWeightCache *out);
 
 typedef struct {
     const char *tokenizer;    /* --tokenizer: folder with vocab.json+merges.txt, or a bpe .txt.gz; NULL = search */

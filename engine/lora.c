@@ -16,10 +16,10 @@
  * A merged weight is a MergedWeight: the DbWeight header and its F32 values in one block
  * that replaces the entry in m->weights, so the hash table's g_free releases both.
  * SPDX-License-Identifier: GPL-3.0-or-later */
-#include "unet.h"
 #include "lora.h"
 #include "clip.h"
 #include "safetensors.h"
+#include "unet.h"
 
 #include <cblas.h>
 #include <glib.h>

@@ -3,7 +3,8 @@
  * the estimate is weights + the widened copies the model keeps (text encoder; the UNet's fp32
  * weight cache, whose half-precision pages are released) + the largest call's one allocation
  * (each network call allocates once; the UNet keeps its allocation across calls, released
- * before a VAE decode) + the caller's buffers + a fixed base. Calls run one after another, so the work term is a max, not a sum.
+ * before a VAE decode) + the caller's buffers + a fixed base. Calls run one after another, so
+ * the work term is a max, not a sum.
  * A network's weights are read (NaN/Inf scan, weights_check.c) on its first use, so the
  * mapped weights resident are those of the networks the task runs (file pages: reclaimable,
  * but they count in the peak RSS the estimate is checked against).

@@ -463,6 +463,17 @@ static const char *storage_name(unsigned dtypes)
 
 static void weight_free(gpointer p) { g_free(p); }
 
+int db_weight_cache_from_name(const char *name, DbWeightCache *out)
+{
+    static const char *const names[] = {"auto", "none", "all"}; /* DbWeightCache order */
+    for (int k = 0; name && k < 3; k++)
+        if (!strcmp(name, names[k])) {
+            *out = (DbWeightCache)k;
+            return 0;
+        }
+    return -1;
+}
+
 DbStatus db_model_open(DbModel **out, const char *path, const DbModelOptions *opts, DbError *err)
 {
     if (!out || !path) return db_fail(err, DB_ERR_ARG, "db_model_open: NULL argument");

@@ -32,7 +32,8 @@ struct UnetState {
     float *vec;        /* 1-D parameters widened to f32 */
     size_t wmax;       /* floats the widened-weight scratch must hold */
     float *cache;      /* fp32 copies of half-precision matrices and kernels (wf) */
-    size_t cache_floats;
+    size_t cache_floats; /* allocated */
+    size_t cache_used;   /* floats holding copies */
     int n_cached;
 };
 
@@ -112,9 +113,7 @@ static DbStatus walk_lin(Walk *k, UnetLin *l, const char *prefix, int64_t oc, in
     if (k->pass == 1 && k->cache && weight_needs_scratch(l->w) && l->w->t.nelem <= k->cache_left) {
         const UnetWork into = {.wscratch = k->cache};
         l->wf = NULL;
-        const float *w = unet_weight(l, &into);
-        if (w != k->cache)
-            memcpy(k->cache, w, l->w->t.nelem * sizeof *w);
+        unet_weight(l, &into); /* it needs scratch: widened into the cache */
         weight_release_pages(k->m, l->w);
         l->wf = k->cache;
         k->cache += l->w->t.nelem, k->cache_left -= l->w->t.nelem, k->n_cached++;
@@ -261,6 +260,7 @@ DbStatus unet_state_build(UnetState **out, const DbModel *m, size_t cache_bytes,
         st = unet_walk(&k1, &s->p, c);
         s->wmax = k1.wmax;
         s->n_cached = k1.n_cached;
+        s->cache_used = s->cache_floats - k1.cache_left;
     }
     if (st != DB_OK) {
         unet_state_free(s);
@@ -291,7 +291,7 @@ size_t unet_state_wscratch_size(const UnetState *s) { return s->wmax; }
 void unet_state_cache_info(const UnetState *s, int *n_cached, size_t *bytes)
 {
     *n_cached = s->n_cached;
-    *bytes = s->cache_floats * sizeof(float);
+    *bytes = s->cache_used * sizeof(float);
 }
 
 void unet_state_free(UnetState *s)

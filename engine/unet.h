@@ -137,6 +137,7 @@ typedef struct UnetState UnetState;
 DbStatus unet_state_build(UnetState **out, const DbModel *m, size_t cache_bytes, DbError *err);
 const UnetParams *unet_state_params(const UnetState *s);
 size_t unet_state_wscratch_size(const UnetState *s); /* floats */
+/* Weights copied and the bytes their copies take. */
 void unet_state_cache_info(const UnetState *s, int *n_cached, size_t *bytes);
 void unet_state_free(UnetState *s);
 

@@ -95,15 +95,9 @@ DbModel *cli_open_model(const char *path, const CliModelOptions *o)
             return NULL;
         }
     }
-    if (o->weight_cache) {
-        static const char *const modes[] = {"auto", "none", "all"};
-        int k = 0;
-        while (k < 3 && strcmp(o->weight_cache, modes[k])) k++;
-        if (k == 3) {
-            cli_error("--weight-cache: expected auto, none or all, got '%s'", o->weight_cache);
-            return NULL;
-        }
-        mo.weight_cache = (DbWeightCache)k;
+    if (o->weight_cache && db_weight_cache_from_name(o->weight_cache, &mo.weight_cache)) {
+        cli_error("--weight-cache: expected auto, none or all, got '%s'", o->weight_cache);
+        return NULL;
     }
     DbModel *m = NULL;
     if (db_model_open(&m, path, &mo, &err) != DB_OK) {

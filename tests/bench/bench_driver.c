@@ -408,12 +408,9 @@ int main(int argc, char **argv)
         else if (ok && !strcmp(a, "--warmup")) ok = parse_int(v, 0, MAX_REPS, &b.warmup);
         else if (ok && !strcmp(a, "--threads")) ok = parse_int(v, 1, 1024, &b.threads);
         else if (ok && !strcmp(a, "--rank")) ok = parse_int(v, 1, 1024, &b.rank);
-        else if (ok && !strcmp(a, "--weight-cache")) {
-            static const char *const wc[] = {"auto", "none", "all"};
-            ok = 0;
-            for (int k = 0; k < 3; k++)
-                if (!strcmp(v, wc[k])) mopts.weight_cache = (DbWeightCache)k, ok = 1;
-        } else if (ok && !strcmp(a, "--ckpt-budget")) {
+        else if (ok && !strcmp(a, "--weight-cache"))
+            ok = db_weight_cache_from_name(v, &mopts.weight_cache) == 0;
+        else if (ok && !strcmp(a, "--ckpt-budget")) {
             int mib;
             ok = !strcmp(v, "none") || parse_int(v, 0, 1 << 24, &mib);
             b.ckpt_mib = !strcmp(v, "none") ? -2 : ok ? mib : -1;
