@@ -9,7 +9,6 @@
 #include "kernels.h"
 #include "weights.h"
 
-#include <cblas.h>
 #include <math.h>
 #include <stdint.h>
 #include <string.h>
@@ -143,9 +142,7 @@ static void proj_in_forward(float *tok, const float *x, const float *w, const fl
     for (size_t r = 0; r < B * HW; r++)
         memcpy(tok + r * C, bias, C * sizeof *tok);
     for (size_t b = 0; b < B; b++)
-        cblas_sgemm(CblasRowMajor, CblasTrans, CblasTrans, (blasint)HW, (blasint)C, (blasint)C,
-                    1.0f, x + b * C * HW, (blasint)HW, w, (blasint)C, 1.0f, tok + b * HW * C,
-                    (blasint)C);
+        gemm(1, 1, HW, C, C, 1.0f, x + b * C * HW, HW, w, C, 1.0f, tok + b * HW * C, C);
 }
 
 /* proj_out plus the block residual, NCHW out:
@@ -162,9 +159,7 @@ static void proj_out_forward(float *out, const float *tok, const float *res, con
             o[i] = r[i] + bv;
     }
     for (size_t b = 0; b < B; b++)
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (blasint)C, (blasint)HW, (blasint)C,
-                    1.0f, w, (blasint)C, tok + b * HW * C, (blasint)C, 1.0f, out + b * C * HW,
-                    (blasint)HW);
+        gemm(0, 1, C, HW, C, 1.0f, w, C, tok + b * HW * C, C, 1.0f, out + b * C * HW, HW);
 }
 
 /* Work: gn [B, C, HW]; tok, ln, q, att [B*HW, C]; k, v [B*max(HW, S), C]; ff hidden

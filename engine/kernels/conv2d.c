@@ -29,7 +29,6 @@
 #include "kernels.h"
 #include "winograd.h"
 
-#include <cblas.h>
 #include <string.h>
 
 size_t conv2d_out_size(size_t H, size_t K, size_t stride, size_t pad_lo, size_t pad_hi)
@@ -199,8 +198,7 @@ int conv2d_forward(float *out, const float *inp, const float *weight, const floa
                 gather_images(col, inp + n * C * H * W, g, C, P);
             else
                 im2col_images(col, inp + n * C * H * W, g, C, H, W, K, stride, pad_lo, OW, P);
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)OC, (int)(g * P), (int)kr,
-                        1.0f, weight, (int)kr, col, (int)(g * P), 0.0f, tmp, (int)(g * P));
+            gemm(0, 0, OC, (g * P), kr, 1.0f, weight, kr, col, (g * P), 0.0f, tmp, (g * P));
             scatter_images(out + n * OC * P, tmp, bias, g, OC, P);
         }
         return 0;
@@ -211,8 +209,7 @@ int conv2d_forward(float *out, const float *inp, const float *weight, const floa
         for (size_t n = 0; n < N; n++) {
             float *o = out + n * OC * P;
             conv2d_fill_bias(o, bias, OC, P, P);
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)OC, (int)P, (int)C, 1.0f,
-                        weight, (int)C, inp + n * C * H * W, (int)P, 1.0f, o, (int)P);
+            gemm(0, 0, OC, P, C, 1.0f, weight, C, inp + n * C * H * W, P, 1.0f, o, P);
         }
         return 0;
     }
@@ -228,8 +225,7 @@ int conv2d_forward(float *out, const float *inp, const float *weight, const floa
             size_t np = P - p0 < chunk ? P - p0 : chunk;
             conv2d_im2col(scratch, img, C, H, W, K, stride, pad_lo, OW, p0, p0 + np);
             conv2d_fill_bias(o + p0, bias, OC, np, P);
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)OC, (int)np, (int)rows,
-                        1.0f, weight, (int)rows, scratch, (int)np, 1.0f, o + p0, (int)P);
+            gemm(0, 0, OC, np, rows, 1.0f, weight, rows, scratch, np, 1.0f, o + p0, P);
         }
     }
     return 0;
@@ -317,11 +313,9 @@ int conv2d_backward(float *dinp, float *dweight, float *dbias, const float *dout
         for (size_t n = 0; n < N; n++) {
             const float *g = dout + n * OC * P;
             if (dweight)
-                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)OC, (int)C, (int)P, 1.0f,
-                            g, (int)P, inp + n * C * P, (int)P, 1.0f, dweight, (int)C);
+                gemm(0, 1, OC, C, P, 1.0f, g, P, inp + n * C * P, P, 1.0f, dweight, C);
             if (dinp)
-                cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)C, (int)P, (int)OC, 1.0f,
-                            weight, (int)C, g, (int)P, 1.0f, dinp + n * C * P, (int)P);
+                gemm(1, 0, C, P, OC, 1.0f, weight, C, g, P, 1.0f, dinp + n * C * P, P);
         }
         return 0;
     }
@@ -336,12 +330,10 @@ int conv2d_backward(float *dinp, float *dweight, float *dbias, const float *dout
             size_t np = P - p0 < chunk ? P - p0 : chunk;
             if (dweight) {
                 conv2d_im2col(scratch, img, C, H, W, K, stride, pad_lo, OW, p0, p0 + np);
-                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)OC, (int)rows, (int)np,
-                            1.0f, g + p0, (int)P, scratch, (int)np, 1.0f, dweight, (int)rows);
+                gemm(0, 1, OC, rows, np, 1.0f, g + p0, P, scratch, np, 1.0f, dweight, rows);
             }
             if (dinp) {
-                cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)rows, (int)np, (int)OC,
-                            1.0f, weight, (int)rows, g + p0, (int)P, 0.0f, scratch, (int)np);
+                gemm(1, 0, rows, np, OC, 1.0f, weight, rows, g + p0, P, 0.0f, scratch, np);
                 conv2d_col2im_add(dinp + n * C * H * W, scratch, C, H, W, K, stride, pad_lo, OW, p0,
                                   p0 + np);
             }
@@ -366,8 +358,7 @@ int lora_conv2d_forward(float *out, float *xa, const float *inp, const float *do
                conv2d_out_size(W, K, stride, pad_lo, pad_hi);
     if (P == 0 || OC == 0 || R == 0) return 0;
     for (size_t n = 0; n < N; n++)
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)OC, (int)P, (int)R, scale, up,
-                    (int)R, xa + n * R * P, (int)P, 1.0f, out + n * OC * P, (int)P);
+        gemm(0, 0, OC, P, R, scale, up, R, xa + n * R * P, P, 1.0f, out + n * OC * P, P);
     return 0;
 }
 
@@ -388,11 +379,9 @@ int lora_conv2d_backward(float *dinp, float *ddown, float *dup, float *dxa, cons
     for (size_t n = 0; n < N; n++) {
         const float *g = dout + n * OC * P;
         if (dup)
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)OC, (int)R, (int)P, scale, g,
-                        (int)P, xa + n * R * P, (int)P, 1.0f, dup, (int)R);
+            gemm(0, 1, OC, R, P, scale, g, P, xa + n * R * P, P, 1.0f, dup, R);
         if (dinp || ddown)
-            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)R, (int)P, (int)OC, scale, up,
-                        (int)R, g, (int)P, 0.0f, dxa + n * R * P, (int)P);
+            gemm(1, 0, R, P, OC, scale, up, R, g, P, 0.0f, dxa + n * R * P, P);
     }
     if (!dinp && !ddown) return 0;
     return conv2d_backward(dinp, ddown, NULL, dxa, inp, down, scratch, scratch_floats, N, C, H, W,

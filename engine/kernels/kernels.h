@@ -16,6 +16,19 @@
 
 #include <stddef.h>
 
+/* C [M, N] = alpha * op(A) [M, K] @ op(B) [K, N] + beta * C, all row-major with leading
+ * dimensions lda, ldb, ldc; ta: A is stored [K, M] (op(A) = A^T), tb: B is stored [N, K].
+ * beta == 0 never reads C. A packed AVX-512 kernel where the CPU has it, else OpenBLAS
+ * (gemm.c). Threads itself: call it from outside any OpenMP parallel region. */
+void gemm(int ta, int tb, size_t M, size_t N, size_t K, float alpha, const float *A, size_t lda,
+          const float *B, size_t ldb, float beta, float *C, size_t ldc);
+enum { GEMM_AUTO = 0, GEMM_BLAS = 1 };
+/* Which path gemm takes: GEMM_AUTO (the fast kernel where available) or GEMM_BLAS (always
+ * OpenBLAS; the tests' and the benchmark's comparison). Returns the previous setting. */
+int gemm_set_path(int path);
+/* 1 when this CPU and build run gemm's own kernel under GEMM_AUTO. */
+int gemm_fast_available(void);
+
 /* out [N, OC] = inp [N, IC] @ weight [OC, IC]^T + bias [OC] (bias may be NULL). sgemm. */
 void linear_forward(float *out, const float *inp, const float *weight, const float *bias, size_t N,
                     size_t IC, size_t OC);

@@ -2,7 +2,6 @@
  * SPDX-License-Identifier: GPL-3.0-or-later */
 #include "kernels.h"
 
-#include <cblas.h>
 #include <string.h>
 
 /* torch.nn.Linear: out [N, OC] = inp [N, IC] @ weight [OC, IC]^T + bias [OC].
@@ -22,8 +21,7 @@ void linear_forward(float *out, const float *inp, const float *weight, const flo
         if (!bias) memset(out, 0, N * OC * sizeof *out);
         return;
     }
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (blasint)N, (blasint)OC, (blasint)IC, 1.0f,
-                inp, (blasint)IC, weight, (blasint)IC, beta, out, (blasint)OC);
+    gemm(0, 1, N, OC, IC, 1.0f, inp, IC, weight, IC, beta, out, OC);
 }
 
 /* Backward of linear_forward, accumulating:
@@ -35,11 +33,9 @@ void linear_backward(float *dinp, float *dweight, float *dbias, const float *dou
 {
     if (N == 0 || OC == 0) return;
     if (dinp && IC > 0)
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (blasint)N, (blasint)IC, (blasint)OC,
-                    1.0f, dout, (blasint)OC, weight, (blasint)IC, 1.0f, dinp, (blasint)IC);
+        gemm(0, 0, N, IC, OC, 1.0f, dout, OC, weight, IC, 1.0f, dinp, IC);
     if (dweight && IC > 0)
-        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (blasint)OC, (blasint)IC, (blasint)N,
-                    1.0f, dout, (blasint)OC, inp, (blasint)IC, 1.0f, dweight, (blasint)IC);
+        gemm(1, 0, OC, IC, N, 1.0f, dout, OC, inp, IC, 1.0f, dweight, IC);
     if (dbias) {
         /* parallel over blocks of output columns (each owns its dbias entries), rows inner */
         size_t nblk = (OC + 63) / 64;
@@ -65,8 +61,7 @@ void lora_linear_forward(float *out, float *xa, const float *inp, const float *d
     if (N == 0 || R == 0) return;
     linear_forward(xa, inp, down, NULL, N, IC, R);
     if (OC == 0) return;
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (blasint)N, (blasint)OC, (blasint)R, scale,
-                xa, (blasint)R, up, (blasint)R, 1.0f, out, (blasint)OC);
+    gemm(0, 1, N, OC, R, scale, xa, R, up, R, 1.0f, out, OC);
 }
 
 /* Backward of lora_linear_forward, accumulating into dinp [N, IC], ddown [R, IC], dup [OC, R]
@@ -80,10 +75,8 @@ void lora_linear_backward(float *dinp, float *ddown, float *dup, float *dxa, con
 {
     if (N == 0 || R == 0 || OC == 0) return;
     if (dup)
-        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (blasint)OC, (blasint)R, (blasint)N,
-                    scale, dout, (blasint)OC, xa, (blasint)R, 1.0f, dup, (blasint)R);
+        gemm(1, 0, OC, R, N, scale, dout, OC, xa, R, 1.0f, dup, R);
     if (!ddown && !dinp) return;
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (blasint)N, (blasint)R, (blasint)OC,
-                scale, dout, (blasint)OC, up, (blasint)R, 0.0f, dxa, (blasint)R);
+    gemm(0, 0, N, R, OC, scale, dout, OC, up, R, 0.0f, dxa, R);
     linear_backward(dinp, ddown, NULL, dxa, inp, down, N, IC, R);
 }

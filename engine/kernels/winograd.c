@@ -42,7 +42,8 @@
  * in the caller's scratch. */
 #include "winograd.h"
 
-#include <cblas.h>
+#include "kernels.h"
+
 #include <string.h>
 
 #define WINO_MIN_CH 64    /* narrower convs (conv_in/conv_out) stay on im2col */
@@ -506,9 +507,7 @@ void wino_conv(float *out, const float *inp, const float *weight, const float *b
                               S - i0 < NB ? S : i0 + NB, r0, r0 + ra);
             }
             for (size_t x = a * r0; x < a * (r0 + ra); x++)
-                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)OC, (int)T, (int)C,
-                            1.0f, U + (x - a * r0) * S, (int)C, V + x * C * T, (int)T, 0.0f,
-                            M + x * OC * T, (int)T);
+                gemm(0, 0, OC, T, C, 1.0f, U + (x - a * r0) * S, C, V + x * C * T, T, 0.0f, M + x * OC * T, T);
         }
 #pragma omp parallel for schedule(static)
         for (size_t i = 0; i < OC * nr; i++) {
