@@ -9,15 +9,18 @@
  * AVX-512 whatever OpenBLAS is told.
  *
  * Layout (BLIS / GotoBLAS loop nest): C [M, N] row-major is cut into NC-column blocks; K into
- * KC slices; op(B)'s KC x NC block is packed in NR-wide panels (shared by the threads, lives in
- * L2/L3); op(A)'s MC x KC block in MR-high panels; the micro-kernel keeps an MR x NR tile of C
- * in 28 zmm registers over one KC slice. The threads split the (B panel, A panel) tiles of a
- * block; every C element is summed by one thread in one fixed order, so results do not depend
- * on the thread count.
+ * KC slices; op(B)'s KC x NC block is packed in NR-wide panels (lives in L2/L3); op(A)'s
+ * MC x KC block in MR-high panels (L2); the micro-kernel keeps an MR x NR tile of C in 28 zmm
+ * registers over one KC slice while its B panel stays in L1. Threads: C is split into one band
+ * of rows (or of columns, when C is wider than tall) per thread, each run through that loop
+ * nest with the thread's own packing memory, so no thread waits for another until the end;
+ * every C element is summed by one thread in one fixed order, and results do not depend on
+ * the thread count.
  * SPDX-License-Identifier: GPL-3.0-or-later */
 #include "kernels.h"
 
 #include <cblas.h>
+#include <omp.h>
 #include <pthread.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -52,7 +55,11 @@ enum {
     NC = NR * 128, /* B block, KC x NC floats = 4 MiB, in L3 */
 };
 
-static float *pack_mem; /* KC * NC (B block) + MC * KC (A block), allocated once per process */
+/* Packing memory: an A block (MC * KC) and a B block (KC * NC) for each of pack_threads
+ * threads; allocated on first use, kept for the process (grown if the thread count grows). */
+#define PACK_FLOATS ((size_t)MC * KC + (size_t)KC * NC)
+static float *pack_mem;
+static size_t pack_threads;
 static pthread_mutex_t pack_lock = PTHREAD_MUTEX_INITIALIZER;
 
 static int have_avx512(void)
@@ -199,62 +206,89 @@ AVX512 static void micro_kernel(size_t kc, const float *a, const float *b, float
 
 static size_t min_size(size_t a, size_t b) { return a < b ? a : b; }
 
-/* The loop nest above; pack holds the B block then the A block. One OpenMP team for the whole
- * product: each `omp for` ends in the barrier that the next packing needs. */
-static void gemm_packed(float *pack, int ta, int tb, size_t M, size_t N, size_t K, float alpha,
-                        const float *A, size_t lda, const float *B, size_t ldb, float beta,
-                        float *C, size_t ldc)
+/* The loop nest above for one thread: ap holds an A block (MC x KC), bp a B block (KC x NC). */
+static void gemm_serial(float *ap, float *bp, int ta, int tb, size_t M, size_t N, size_t K,
+                        float alpha, const float *A, size_t lda, const float *B, size_t ldb,
+                        float beta, float *C, size_t ldc)
 {
-    float *bp = pack, *ap = pack + (size_t)KC * NC;
-#pragma omp parallel
     for (size_t jc = 0; jc < N; jc += NC) {
         size_t nc = min_size(NC, N - jc), nb = (nc + NR - 1) / NR;
         for (size_t pc = 0; pc < K; pc += KC) {
             size_t kc = min_size(KC, K - pc);
             float bet = pc == 0 ? beta : 1.0f; /* later K slices add to the first's sum */
-#pragma omp for schedule(static)
             for (size_t q = 0; q < nb; q++)
                 pack_b(bp + q * kc * NR, B, ldb, tb, jc + q * NR, min_size(NR, nc - q * NR), pc,
                        kc);
             for (size_t ic = 0; ic < M; ic += MC) {
                 size_t mc = min_size(MC, M - ic), mb = (mc + MR - 1) / MR;
-#pragma omp for schedule(static)
                 for (size_t q = 0; q < mb; q++)
                     pack_a(ap + q * kc * MR, A, lda, ta, ic + q * MR, min_size(MR, mc - q * MR),
                            pc, kc);
-#pragma omp for schedule(static)
-                for (size_t t = 0; t < nb * mb; t++) {
-                    size_t jq = t / mb, iq = t % mb; /* B panel outer: it stays in L1 */
-                    micro_kernel(kc, ap + iq * kc * MR, bp + jq * kc * NR,
-                                 C + (ic + iq * MR) * ldc + jc + jq * NR, ldc,
-                                 min_size(MR, mc - iq * MR), min_size(NR, nc - jq * NR), alpha,
-                                 bet);
-                }
+                for (size_t jq = 0; jq < nb; jq++) /* B panel outer: it stays in L1 */
+                    for (size_t iq = 0; iq < mb; iq++)
+                        micro_kernel(kc, ap + iq * kc * MR, bp + jq * kc * NR,
+                                     C + (ic + iq * MR) * ldc + jc + jq * NR, ldc,
+                                     min_size(MR, mc - iq * MR), min_size(NR, nc - jq * NR),
+                                     alpha, bet);
             }
         }
     }
 }
 
+/* The threads split C into bands, each computed by gemm_serial with the thread's own packing
+ * memory: no barriers, no shared buffers. Bands of rows (multiples of MR) when C is at least
+ * as tall as wide, so that each thread packs only its rows of A and all of the (smaller) B;
+ * else bands of columns (multiples of NR), each packing all of A. pack: per thread, an A block
+ * then a B block. */
+static void gemm_threads(float *pack, int ta, int tb, size_t M, size_t N, size_t K, float alpha,
+                         const float *A, size_t lda, const float *B, size_t ldb, float beta,
+                         float *C, size_t ldc)
+{
+    const int by_rows = M >= N;
+    const size_t unit = by_rows ? MR : NR, units = ((by_rows ? M : N) + unit - 1) / unit;
+#pragma omp parallel
+    {
+        size_t nth = (size_t)omp_get_num_threads(), tid = (size_t)omp_get_thread_num();
+        size_t u0 = units * tid / nth, u1 = units * (tid + 1) / nth;
+        size_t total = by_rows ? M : N, lo = min_size(u0 * unit, total);
+        size_t hi = min_size(u1 * unit, total);
+        float *ap = pack + tid * PACK_FLOATS, *bp = ap + (size_t)MC * KC;
+        if (hi > lo) {
+            if (by_rows)
+                gemm_serial(ap, bp, ta, tb, hi - lo, N, K, alpha, ta ? A + lo : A + lo * lda,
+                            lda, B, ldb, beta, C + lo * ldc, ldc);
+            else
+                gemm_serial(ap, bp, ta, tb, M, hi - lo, K, alpha, A, lda,
+                            tb ? B + lo * ldb : B + lo, ldb, beta, C + lo, ldc);
+        }
+    }
+}
+
 /* Our path when the CPU has AVX-512F, the product is big enough to pay for packing and a
- * thread team (and not so thin that most of a 14 x 32 tile would be padding), and no other thread holds the packing memory (then OpenBLAS takes the call). */
+ * thread team (and not so thin that most of a 14 x 32 tile would be padding), and no other
+ * thread holds the packing memory (then OpenBLAS takes the call). */
 static int gemm_try_packed(int ta, int tb, size_t M, size_t N, size_t K, float alpha,
                            const float *A, size_t lda, const float *B, size_t ldb, float beta,
                            float *C, size_t ldc)
 {
     if (gemm_path != GEMM_AUTO || !have_avx512()) return 0;
-    if (M < MR / 2 || N < NR / 4 || K == 0 || (double)M * (double)N * (double)K < 32768.0) return 0;
+    if (M < MR / 2 || N < NR / 4 || K == 0 || (double)M * (double)N * (double)K < 32768.0)
+        return 0;
     if (pthread_mutex_trylock(&pack_lock) != 0) return 0;
-    if (!pack_mem) {
+    size_t threads = (size_t)omp_get_max_threads();
+    if (threads > pack_threads) { /* first call, or more threads than before: (re)allocate */
         void *p = NULL;
-        if (posix_memalign(&p, 64, ((size_t)KC * NC + (size_t)MC * KC) * sizeof(float)) != 0)
+        free(pack_mem);
+        if (posix_memalign(&p, 64, threads * PACK_FLOATS * sizeof(float)))
             p = NULL;
         pack_mem = p;
+        pack_threads = p ? threads : 0;
     }
     if (!pack_mem) {
         pthread_mutex_unlock(&pack_lock);
         return 0;
     }
-    gemm_packed(pack_mem, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+    gemm_threads(pack_mem, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
     pthread_mutex_unlock(&pack_lock);
     return 1;
 }
