@@ -42,7 +42,8 @@ static void gemm_blas(int ta, int tb, size_t M, size_t N, size_t K, float alpha,
                 C, (blasint)ldc);
 }
 
-#if (defined(__x86_64__) || defined(__i386__)) && !defined(DB_KERNELS_NO_AVX2)
+#if (defined(__x86_64__) || defined(__i386__)) && !defined(DB_KERNELS_NO_AVX2) &&              \
+    !defined(DB_KERNELS_NO_AVX512)
 #include <immintrin.h>
 
 #define AVX512 __attribute__((target("avx512f")))
