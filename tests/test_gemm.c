@@ -1,7 +1,8 @@
 /* gemm (kernels/gemm.c) against a double-accumulating reference, on odd shapes, every
  * transpose pair, alpha/beta, leading dimensions wider than the rows, and blocks that cross the
  * kernel's K slice, B block and A block; both paths: the fast kernel (where this CPU has it)
- * and OpenBLAS (GEMM_BLAS). Exit status is the verdict.
+ * and OpenBLAS (GEMM_BLAS); and gemm_pa with its left operand packed in gemm_pa_layout's
+ * layout (the kernel's panels, or plain under GEMM_BLAS). Exit status is the verdict.
  * Tolerance per element: |gemm - ref| <= 2e-6 * (sum_k |alpha a_ik b_kj| + |beta c_ij|) + 1e-30,
  * i.e. a few float roundings of the absolute sum; beta == 0 must ignore NaN in C, and
  * elements outside the M x N window (padding of ldc) must be untouched.
@@ -88,6 +89,54 @@ static void check(const char *path, int ta, int tb, size_t M, size_t N, size_t K
     free(C0);
 }
 
+/* gemm_pa: A packed with gemm_pa_at (padding cleared by gemm_pa_clear_pad over a NaN-filled
+ * buffer, so a pad the kernel reads would poison C), against the same reference. */
+static void check_pa(const char *path, size_t M, size_t N, size_t K, float alpha, float beta)
+{
+    GemmPa L = gemm_pa_layout(M, K);
+    size_t n = gemm_pa_floats(L, M, K), ldc = N + 3;
+    float *A = alloc_floats(M * K), *B = alloc_floats(K * N), *PA = alloc_floats(n);
+    float *C = alloc_floats(M * ldc), *C0 = alloc_floats(M * ldc);
+    for (size_t i = 0; i < M * K; i++)
+        A[i] = urand();
+    for (size_t i = 0; i < K * N; i++)
+        B[i] = urand();
+    for (size_t i = 0; i < M * ldc; i++)
+        C0[i] = C[i] = urand();
+    for (size_t i = 0; i < n; i++)
+        PA[i] = NAN;
+    gemm_pa_clear_pad(PA, L, M, K);
+    for (size_t i = 0; i < M; i++)
+        for (size_t k = 0; k < K; k++)
+            PA[gemm_pa_at(L, K, i, k)] = A[i * K + k];
+    gemm_pa(PA, L, M, N, K, alpha, B, N, beta, C, ldc);
+    size_t bad = 0;
+    for (size_t i = 0; i < M; i++)
+        for (size_t j = 0; j < ldc; j++) {
+            if (j >= N) {
+                bad += C[i * ldc + j] != C0[i * ldc + j];
+                continue;
+            }
+            double s = 0.0, mag = 0.0;
+            for (size_t k = 0; k < K; k++) {
+                s += (double)A[i * K + k] * B[k * N + j];
+                mag += fabs((double)A[i * K + k] * B[k * N + j]);
+            }
+            double ref = alpha * s + beta * (double)C0[i * ldc + j];
+            mag = fabs(alpha) * mag + fabs(beta * C0[i * ldc + j]);
+            if (!(fabs(C[i * ldc + j] - ref) <= 2e-6 * mag + 1e-30)) bad++;
+        }
+    if (bad) {
+        failures++;
+        printf("FAIL %s gemm_pa (mr %zu) M=%zu N=%zu K=%zu: %zu bad\n", path, L.mr, M, N, K, bad);
+    }
+    free(A);
+    free(B);
+    free(PA);
+    free(C);
+    free(C0);
+}
+
 static void check_all(const char *path)
 {
     static const size_t dims[][3] = {
@@ -100,6 +149,8 @@ static void check_all(const char *path)
         for (int t = 0; t < 4; t++)
             check(path, t & 1, t >> 1, dims[d][0], dims[d][1], dims[d][2], ab[(d + t) % 4][0],
                   ab[(d + t) % 4][1], (d + t) % 3 == 0 ? 0 : 5);
+    for (size_t d = 0; d < sizeof dims / sizeof dims[0]; d++)
+        check_pa(path, dims[d][0], dims[d][1], dims[d][2], ab[d % 4][0], ab[d % 4][1]);
 }
 
 static double seconds(void) { return omp_get_wtime(); }

@@ -63,6 +63,20 @@ static float *pack_mem;
 static size_t pack_threads;
 static pthread_mutex_t pack_lock = PTHREAD_MUTEX_INITIALIZER;
 
+/* With pack_lock held: packing memory for omp_get_max_threads() threads; 0 if out of memory. */
+static int pack_alloc(void)
+{
+    size_t threads = (size_t)omp_get_max_threads();
+    if (threads > pack_threads) { /* first call, or more threads than before: (re)allocate */
+        void *p = NULL;
+        free(pack_mem);
+        if (posix_memalign(&p, 64, threads * PACK_FLOATS * sizeof(float))) p = NULL;
+        pack_mem = p;
+        pack_threads = p ? threads : 0;
+    }
+    return pack_mem != NULL;
+}
+
 static int have_avx512(void)
 {
     static int have = -1;
@@ -210,7 +224,8 @@ static size_t min_size(size_t a, size_t b) { return a < b ? a : b; }
 /* The loop nest above for one thread: ap holds an A block (MC x KC), bp a B block (KC x NC). */
 static void gemm_serial(float *ap, float *bp, int ta, int tb, size_t M, size_t N, size_t K,
                         float alpha, const float *A, size_t lda, const float *B, size_t ldb,
-                        float beta, float *C, size_t ldc)
+                        float beta, float *C, size_t ldc, const float *pa, size_t mpad,
+                        size_t pa_row)
 {
     for (size_t jc = 0; jc < N; jc += NC) {
         size_t nc = min_size(NC, N - jc), nb = (nc + NR - 1) / NR;
@@ -222,12 +237,16 @@ static void gemm_serial(float *ap, float *bp, int ta, int tb, size_t M, size_t N
                        kc);
             for (size_t ic = 0; ic < M; ic += MC) {
                 size_t mc = min_size(MC, M - ic), mb = (mc + MR - 1) / MR;
-                for (size_t q = 0; q < mb; q++)
-                    pack_a(ap + q * kc * MR, A, lda, ta, ic + q * MR, min_size(MR, mc - q * MR),
-                           pc, kc);
+                const float *a = ap;
+                if (pa) /* prepacked: panel ((pa_row + ic) / MR + q) of the slice at pc */
+                    a = pa + pc * mpad + (pa_row + ic) * kc;
+                else
+                    for (size_t q = 0; q < mb; q++)
+                        pack_a(ap + q * kc * MR, A, lda, ta, ic + q * MR,
+                               min_size(MR, mc - q * MR), pc, kc);
                 for (size_t jq = 0; jq < nb; jq++) /* B panel outer: it stays in L1 */
                     for (size_t iq = 0; iq < mb; iq++)
-                        micro_kernel(kc, ap + iq * kc * MR, bp + jq * kc * NR,
+                        micro_kernel(kc, a + iq * kc * MR, bp + jq * kc * NR,
                                      C + (ic + iq * MR) * ldc + jc + jq * NR, ldc,
                                      min_size(MR, mc - iq * MR), min_size(NR, nc - jq * NR),
                                      alpha, bet);
@@ -243,7 +262,7 @@ static void gemm_serial(float *ap, float *bp, int ta, int tb, size_t M, size_t N
  * then a B block. */
 static void gemm_threads(float *pack, int ta, int tb, size_t M, size_t N, size_t K, float alpha,
                          const float *A, size_t lda, const float *B, size_t ldb, float beta,
-                         float *C, size_t ldc)
+                         float *C, size_t ldc, const float *pa, size_t mpad)
 {
     const int by_rows = M >= N;
     const size_t unit = by_rows ? MR : NR, units = ((by_rows ? M : N) + unit - 1) / unit;
@@ -255,12 +274,12 @@ static void gemm_threads(float *pack, int ta, int tb, size_t M, size_t N, size_t
         size_t hi = min_size(u1 * unit, total);
         float *ap = pack + tid * PACK_FLOATS, *bp = ap + (size_t)MC * KC;
         if (hi > lo) {
-            if (by_rows)
+            if (by_rows) /* a packed A's band starts at panel lo / MR of each slice */
                 gemm_serial(ap, bp, ta, tb, hi - lo, N, K, alpha, ta ? A + lo : A + lo * lda,
-                            lda, B, ldb, beta, C + lo * ldc, ldc);
+                            lda, B, ldb, beta, C + lo * ldc, ldc, pa, mpad, lo);
             else
                 gemm_serial(ap, bp, ta, tb, M, hi - lo, K, alpha, A, lda,
-                            tb ? B + lo * ldb : B + lo, ldb, beta, C + lo, ldc);
+                            tb ? B + lo * ldb : B + lo, ldb, beta, C + lo, ldc, pa, mpad, 0);
         }
     }
 }
@@ -276,25 +295,51 @@ static int gemm_try_packed(int ta, int tb, size_t M, size_t N, size_t K, float a
     if (M < MR / 2 || N < NR / 4 || K == 0 || (double)M * (double)N * (double)K < 32768.0)
         return 0;
     if (pthread_mutex_trylock(&pack_lock) != 0) return 0;
-    size_t threads = (size_t)omp_get_max_threads();
-    if (threads > pack_threads) { /* first call, or more threads than before: (re)allocate */
-        void *p = NULL;
-        free(pack_mem);
-        if (posix_memalign(&p, 64, threads * PACK_FLOATS * sizeof(float)))
-            p = NULL;
-        pack_mem = p;
-        pack_threads = p ? threads : 0;
-    }
-    if (!pack_mem) {
+    if (!pack_alloc()) {
         pthread_mutex_unlock(&pack_lock);
         return 0;
     }
-    gemm_threads(pack_mem, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+    gemm_threads(pack_mem, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, NULL, 0);
     pthread_mutex_unlock(&pack_lock);
     return 1;
 }
 
 int gemm_fast_available(void) { return have_avx512(); }
+
+GemmPa gemm_pa_layout(size_t M, size_t K)
+{
+    GemmPa L = {0, 0, 0};
+    if (gemm_path == GEMM_AUTO && have_avx512() && M >= MR / 2 && K > 0) {
+        L.mr = MR;
+        L.kc = KC;
+        L.mpad = (M + MR - 1) / MR * MR;
+    }
+    return L;
+}
+
+void gemm_pa(const float *PA, GemmPa L, size_t M, size_t N, size_t K, float alpha, const float *B,
+             size_t ldb, float beta, float *C, size_t ldc)
+{
+    if (M == 0 || N == 0) return;
+    if (!L.mr) {
+        gemm(0, 0, M, N, K, alpha, PA, K, B, ldb, beta, C, ldc);
+        return;
+    }
+    /* the packed A fixes the path: wait for the packing memory rather than fall back */
+    pthread_mutex_lock(&pack_lock);
+    if (pack_alloc()) {
+        gemm_threads(pack_mem, 0, 0, M, N, K, alpha, PA, K, B, ldb, beta, C, ldc, PA, L.mpad);
+    } else { /* out of memory for 4 MiB of packing: unpack A, one row at a time, slowly */
+        for (size_t i = 0; i < M; i++)
+            for (size_t j = 0; j < N; j++) {
+                float acc = 0.0f;
+                for (size_t k = 0; k < K; k++)
+                    acc += PA[gemm_pa_at(L, K, i, k)] * B[k * ldb + j];
+                C[i * ldc + j] = alpha * acc + (beta != 0.0f ? beta * C[i * ldc + j] : 0.0f);
+            }
+    }
+    pthread_mutex_unlock(&pack_lock);
+}
 
 #else
 static int gemm_try_packed(int ta, int tb, size_t M, size_t N, size_t K, float alpha,
@@ -305,7 +350,33 @@ static int gemm_try_packed(int ta, int tb, size_t M, size_t N, size_t K, float a
 }
 
 int gemm_fast_available(void) { return 0; }
+
+GemmPa gemm_pa_layout(size_t M, size_t K)
+{
+    GemmPa L = {0, 0, 0};
+    return L;
+}
+
+void gemm_pa(const float *PA, GemmPa L, size_t M, size_t N, size_t K, float alpha, const float *B,
+             size_t ldb, float beta, float *C, size_t ldc)
+{
+    gemm(0, 0, M, N, K, alpha, PA, K, B, ldb, beta, C, ldc);
+}
 #endif
+
+size_t gemm_pa_floats(GemmPa L, size_t M, size_t K) { return (L.mr ? L.mpad : M) * K; }
+
+void gemm_pa_clear_pad(float *PA, GemmPa L, size_t M, size_t K)
+{
+    if (!L.mr || L.mpad == M) return;
+    for (size_t k0 = 0; k0 < K; k0 += L.kc) {
+        size_t kcs = K - k0 < L.kc ? K - k0 : L.kc;
+        float *panel = PA + k0 * L.mpad + (M / L.mr) * kcs * L.mr; /* the last, partial panel */
+        for (size_t k = 0; k < kcs; k++)
+            for (size_t i = M % L.mr; i < L.mr; i++)
+                panel[k * L.mr + i] = 0.0f;
+    }
+}
 
 void gemm(int ta, int tb, size_t M, size_t N, size_t K, float alpha, const float *A, size_t lda,
           const float *B, size_t ldb, float beta, float *C, size_t ldc)

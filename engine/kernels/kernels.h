@@ -29,6 +29,30 @@ int gemm_set_path(int path);
 /* 1 when this CPU and build run gemm's own kernel under GEMM_AUTO. */
 int gemm_fast_available(void);
 
+/* A left operand packed once and used by several gemm_pa calls (Winograd's transformed
+ * weights, reused by every chunk of tiles). Layout: mr == 0: plain row-major [M, K]; else
+ * gemm's panels: K in slices of kc, each slice [mpad / mr panels][kcs][mr] (kcs: the slice's
+ * length; rows past M zero). gemm_pa_at gives where A (i, k) goes. */
+typedef struct {
+    size_t mr, kc, mpad;
+} GemmPa;
+/* The layout gemm_pa will take for an [M, K] operand now (the fast kernel where gemm would
+ * use it, else plain), and its size in floats. */
+GemmPa gemm_pa_layout(size_t M, size_t K);
+size_t gemm_pa_floats(GemmPa L, size_t M, size_t K);
+static inline size_t gemm_pa_at(GemmPa L, size_t K, size_t i, size_t k)
+{
+    if (!L.mr) return i * K + k;
+    size_t k0 = k - k % L.kc, kcs = K - k0 < L.kc ? K - k0 : L.kc;
+    return k0 * L.mpad + (i / L.mr) * kcs * L.mr + (k - k0) * L.mr + i % L.mr;
+}
+/* Zero the padding rows (M .. mpad-1) of a packed operand before it is filled. */
+void gemm_pa_clear_pad(float *PA, GemmPa L, size_t M, size_t K);
+/* C [M, N] = alpha * A @ B [K, N] + beta * C with A packed in layout L (from gemm_pa_layout for
+ * the same M, K). Call it from outside any OpenMP parallel region. */
+void gemm_pa(const float *PA, GemmPa L, size_t M, size_t N, size_t K, float alpha, const float *B,
+             size_t ldb, float beta, float *C, size_t ldc);
+
 /* out [N, OC] = inp [N, IC] @ weight [OC, IC]^T + bias [OC] (bias may be NULL). sgemm. */
 void linear_forward(float *out, const float *inp, const float *weight, const float *bias, size_t N,
                     size_t IC, size_t OC);

@@ -4,7 +4,8 @@
  *
  * With output tiles of m x m pixels and a = m + 2, each tile reads an a x a input patch d at
  * (m*ty - pad, m*tx - pad) and, for X = a*a transform points xi:
- *   U [X, OC, C] = G g G^T per (oc, c)        (weights, once per call)
+ *   U [X, OC, C] = G g G^T per (oc, c)        (weights, once per call, written straight
+ *                                              into the GEMM's packed panels: gemm_pa)
  *   V [X, C, T]  = B^T d B per (c, tile)      (a chunk of T tiles: whole tile rows, over all
  *                                              images of the call)
  *   M [X, OC, T] = U [xi] @ V [xi]            (X sgemm, K = C)
@@ -122,16 +123,54 @@ WINO_INLINE void wino_gather_taps(float g[9][WINO_WB], const float *weight, size
     }
 }
 
+/* Where pairs b0 .. b0+nb-1 (i = oc*C + c) of a transform point's U go in gemm_pa layout L
+ * (pos [q], from the point's start); the same for every point. Runs within one row oc and
+ * one K slice step by mr. */
+WINO_INLINE void wino_u_offsets(size_t pos[WINO_WB], GemmPa L, size_t C, size_t b0, size_t nb)
+{
+    size_t oc = b0 / C, c = b0 % C;
+    for (size_t q = 0; q < nb;) {
+        size_t run = nb - q, left = C - c, slice = L.kc - c % L.kc;
+        if (run > left) run = left;
+        if (run > slice) run = slice;
+        size_t at = gemm_pa_at(L, C, oc, c);
+        for (size_t t = 0; t < run; t++)
+            pos[q + t] = at + t * L.mr;
+        q += run;
+        c += run;
+        if (c == C) c = 0, oc++;
+    }
+}
+
+/* U point x (x-th [OC, C] matrix, S floats apart): pairs b0 .. b0+nb-1 from u [nb]; plain
+ * layout (L.mr == 0): one copy, else at pos (wino_u_offsets). */
+WINO_INLINE void wino_store_u(float *U, size_t S, GemmPa L, const size_t *pos, size_t x,
+                              size_t b0, size_t nb, const float *u)
+{
+    float *dst = U + x * S;
+    if (!L.mr) {
+        if (nb == WINO_WB) /* constant size: inlined vector moves */
+            memcpy(dst + b0, u, WINO_WB * sizeof(float));
+        else
+            memcpy(dst + b0, u, nb * sizeof(float));
+        return;
+    }
+    for (size_t q = 0; q < nb; q++)
+        dst[pos[q]] = u[q];
+}
+
 /* U [4 (r1 - r0), OC, C] = rows r0 .. r1-1 of the 4x4 transforms (points 4 r0 .. 4 r1 - 1)
  * for pairs i0 .. i1-1 */
 WINO_INLINE void wino2_weights_impl(float *U, const float *weight, size_t OC, size_t C, int flip,
-                                    size_t i0, size_t i1, size_t r0, size_t r1)
+                                    size_t i0, size_t i1, size_t r0, size_t r1, GemmPa L,
+                                    size_t S)
 {
-    size_t S = OC * C;
     for (size_t b0 = i0; b0 < i1; b0 += WINO_WB) {
         size_t nb = i1 - b0 < WINO_WB ? i1 - b0 : WINO_WB;
         float g[9][WINO_WB], t[4][3][WINO_WB];
         wino_gather_taps(g, weight, OC, C, flip, b0, nb);
+        size_t pos[WINO_WB];
+        if (L.mr) wino_u_offsets(pos, L, C, b0, nb);
         for (int j = 0; j < 3; j++) /* t = G g (4x3) */
             for (size_t q = 0; q < nb; q++) {
                 float g0 = g[j][q], g1 = g[3 + j][q], g2 = g[6 + j][q];
@@ -141,15 +180,16 @@ WINO_INLINE void wino2_weights_impl(float *U, const float *weight, size_t OC, si
                 t[3][j][q] = g2;
             }
         for (size_t r = r0; r < r1; r++) { /* u = t G^T (4x4) */
-            float *restrict u0 = U + (4 * (r - r0)) * S + b0, *restrict u1 = u0 + S,
-                            *restrict u2 = u1 + S, *restrict u3 = u2 + S;
+            float u[4][WINO_WB];
             for (size_t q = 0; q < nb; q++) {
                 float g0 = t[r][0][q], g1 = t[r][1][q], g2 = t[r][2][q];
-                u0[q] = g0;
-                u1[q] = 0.5f * (g0 + g1 + g2);
-                u2[q] = 0.5f * (g0 - g1 + g2);
-                u3[q] = g2;
+                u[0][q] = g0;
+                u[1][q] = 0.5f * (g0 + g1 + g2);
+                u[2][q] = 0.5f * (g0 - g1 + g2);
+                u[3][q] = g2;
             }
+            for (size_t x = 0; x < 4; x++)
+                wino_store_u(U, S, L, pos, 4 * (r - r0) + x, b0, nb, u[x]);
         }
     }
 }
@@ -216,15 +256,17 @@ WINO_INLINE void wino2_output_impl(float *o, const float *m, float b, size_t OH,
 
 /* U [6 (r1 - r0), OC, C] = rows r0 .. r1-1 of the 6x6 transforms for pairs i0 .. i1-1 */
 WINO_INLINE void wino4_weights_impl(float *U, const float *weight, size_t OC, size_t C, int flip,
-                                    size_t i0, size_t i1, size_t r0, size_t r1)
+                                    size_t i0, size_t i1, size_t r0, size_t r1, GemmPa L,
+                                    size_t S)
 {
     const float c4 = 0.25f, c6 = -1.0f / 6.0f, c24 = 1.0f / 24.0f, c12 = 1.0f / 12.0f,
                 c6p = 1.0f / 6.0f;
-    size_t S = OC * C;
     for (size_t b0 = i0; b0 < i1; b0 += WINO_WB) {
         size_t nb = i1 - b0 < WINO_WB ? i1 - b0 : WINO_WB;
         float g[9][WINO_WB], t[6][3][WINO_WB];
         wino_gather_taps(g, weight, OC, C, flip, b0, nb);
+        size_t pos[WINO_WB];
+        if (L.mr) wino_u_offsets(pos, L, C, b0, nb);
         for (int j = 0; j < 3; j++) /* t = G g (6x3) */
             for (size_t q = 0; q < nb; q++) {
                 float g0 = g[j][q], g1 = g[3 + j][q], g2 = g[6 + j][q];
@@ -246,13 +288,8 @@ WINO_INLINE void wino4_weights_impl(float *U, const float *weight, size_t OC, si
                 u[4][q] = c24 * g0 - c12 * g1 + c6p * g2;
                 u[5][q] = g2;
             }
-            float *dst = U + (6 * (r - r0)) * S + b0;
-            if (nb == WINO_WB) /* constant size: inlined vector moves */
-                for (int x = 0; x < 6; x++)
-                    memcpy(dst + (size_t)x * S, u[x], WINO_WB * sizeof(float));
-            else
-                for (int x = 0; x < 6; x++)
-                    memcpy(dst + (size_t)x * S, u[x], nb * sizeof(float));
+            for (size_t x = 0; x < 6; x++)
+                wino_store_u(U, S, L, pos, 6 * (r - r0) + x, b0, nb, u[x]);
         }
     }
 }
@@ -381,12 +418,13 @@ WINO_INLINE void wino4_output_impl(float *o, const float *m, float b, size_t OH,
 #define WINO_CLONES(sfx, attr)                                                                \
     attr WINO_NOCLONE static void wino_weights_##sfx(size_t m, float *U, const float *weight, \
                                                      size_t OC, size_t C, int flip, size_t i0, \
-                                                     size_t i1, size_t r0, size_t r1)          \
+                                                     size_t i1, size_t r0, size_t r1,          \
+                                                     GemmPa L, size_t S)                       \
     {                                                                                          \
         if (m == 4)                                                                            \
-            wino4_weights_impl(U, weight, OC, C, flip, i0, i1, r0, r1);                        \
+            wino4_weights_impl(U, weight, OC, C, flip, i0, i1, r0, r1, L, S);                  \
         else                                                                                   \
-            wino2_weights_impl(U, weight, OC, C, flip, i0, i1, r0, r1);                        \
+            wino2_weights_impl(U, weight, OC, C, flip, i0, i1, r0, r1, L, S);                  \
     }                                                                                          \
     attr WINO_NOCLONE static void wino_input_##sfx(size_t m, float *v, const float *img,      \
                                                    size_t H, size_t W, size_t pad, size_t ty,  \
@@ -431,7 +469,10 @@ static size_t wino_rows_groups(size_t m, size_t groups, size_t N, size_t C, size
                                size_t OW, size_t scratch_floats)
 {
     size_t X = (m + 2) * (m + 2), TH = (OH + m - 1) / m, TW = (OW + m - 1) / m, u, per, rows;
-    if (__builtin_mul_overflow(X / groups * OC, C, &u) || u >= scratch_floats ||
+    size_t S; /* one point's U, packed as gemm_pa takes it (OC rounded up to whole panels) */
+    if (__builtin_mul_overflow(OC + 16, C, &S)) return 0;
+    S = gemm_pa_floats(gemm_pa_layout(OC, C), OC, C);
+    if (__builtin_mul_overflow(X / groups, S, &u) || u >= scratch_floats ||
         __builtin_mul_overflow(X * (C + OC), TW, &per) || per == 0 ||
         __builtin_mul_overflow(N, TH, &rows))
         return 0;
@@ -485,8 +526,10 @@ void wino_conv(float *out, const float *inp, const float *weight, const float *b
     if (wide < 0) wide = wino_use_avx2(); /* same value from any racing thread */
     const size_t m = plan.m, a = m + 2, X = a * a, TH = (OH + m - 1) / m, TW = (OW + m - 1) / m;
     const int flip = (flags & WINO_FLIP) != 0, acc = (flags & WINO_ACCUMULATE) != 0;
-    const size_t S = OC * C, NB = 256; /* weight pairs per OpenMP work item */
+    const size_t P = OC * C, NB = 256; /* weight pairs (oc, c); pairs per OpenMP work item */
     const size_t G = plan.groups ? plan.groups : 1, ra = a / G; /* transform rows per part */
+    const GemmPa L = gemm_pa_layout(OC, C); /* U [x] packed once for all chunks' GEMMs */
+    const size_t S = gemm_pa_floats(L, OC, C);
     float *U = scratch, *V = U + ra * a * S;
 
     for (size_t R0 = 0; R0 < N * TH; R0 += plan.rows) {
@@ -501,13 +544,30 @@ void wino_conv(float *out, const float *inp, const float *weight, const float *b
         }
         for (size_t r0 = 0; r0 < a; r0 += ra) {
             if (G > 1 || R0 == 0) { /* U = transform rows r0 .. r0+ra-1 (points a r0 ..) */
+                if (!L.mr) {
 #pragma omp parallel for schedule(static)
-                for (size_t i0 = 0; i0 < S; i0 += NB)
-                    WINO_CALL(wide, wino_weights, m, U, weight, OC, C, flip, i0,
-                              S - i0 < NB ? S : i0 + NB, r0, r0 + ra);
+                    for (size_t i0 = 0; i0 < P; i0 += NB)
+                        WINO_CALL(wide, wino_weights, m, U, weight, OC, C, flip, i0,
+                                  P - i0 < NB ? P : i0 + NB, r0, r0 + ra, L, S);
+                } else { /* panel order: the mr rows of a block of WINO_WB channels in turn,
+                          * so each point's [WINO_WB][mr] piece of U fills while in cache */
+                    size_t ncb = (C + WINO_WB - 1) / WINO_WB, np = (OC + L.mr - 1) / L.mr;
+#pragma omp parallel for schedule(static)
+                    for (size_t w = 0; w < np * ncb; w++) {
+                        size_t p = w / ncb, c0 = w % ncb * WINO_WB;
+                        size_t nc = C - c0 < WINO_WB ? C - c0 : WINO_WB;
+                        size_t oc1 = (p + 1) * L.mr < OC ? (p + 1) * L.mr : OC;
+                        for (size_t oc = p * L.mr; oc < oc1; oc++)
+                            WINO_CALL(wide, wino_weights, m, U, weight, OC, C, flip, oc * C + c0,
+                                      oc * C + c0 + nc, r0, r0 + ra, L, S);
+                    }
+                }
+                for (size_t x = 0; x < ra * a; x++)
+                    gemm_pa_clear_pad(U + x * S, L, OC, C);
             }
             for (size_t x = a * r0; x < a * (r0 + ra); x++)
-                gemm(0, 0, OC, T, C, 1.0f, U + (x - a * r0) * S, C, V + x * C * T, T, 0.0f, M + x * OC * T, T);
+                gemm_pa(U + (x - a * r0) * S, L, OC, T, C, 1.0f, V + x * C * T, T, 0.0f,
+                        M + x * OC * T, T);
         }
 #pragma omp parallel for schedule(static)
         for (size_t i = 0; i < OC * nr; i++) {

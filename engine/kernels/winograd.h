@@ -29,7 +29,9 @@ enum {
 WinoPlan wino_plan(size_t N, size_t C, size_t OC, size_t OH, size_t OW, size_t scratch_floats);
 
 /* Tile rows per chunk for tile size m (2 or 4) in scratch_floats, 0 if not even one fits:
- * scratch holds U [(m+2)^2, OC, C] and per tile row (m+2)^2 * (C + OC) * ceil(OW/m). */
+ * scratch holds U [(m+2)^2, OC, C] (each point's [OC, C] in gemm_pa's layout, rows padded to
+ * whole panels where the AVX-512 GEMM runs: gemm_pa_floats) and per tile row
+ * (m+2)^2 * (C + OC) * ceil(OW/m). */
 size_t wino_rows_for(size_t m, size_t N, size_t C, size_t OC, size_t OH, size_t OW,
                      size_t scratch_floats);
 
