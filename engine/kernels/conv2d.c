@@ -14,8 +14,8 @@
  *     and a row of tiles (wino_plan);
  *   - several images im2col'd side by side into one GEMM when each has few output pixels
  *     (UNet 8x8/16x16 levels), so sgemm packs the weights once per group (conv_group).
- * Threads: im2col and the bias fill run in OpenMP loops; sgemm (OpenBLAS, OpenMP build) is
- * called outside any parallel region and threads itself.
+ * Threads: im2col and the bias fill run in OpenMP loops; gemm (kernels/gemm.c: an AVX-512
+ * kernel, or OpenBLAS) is called outside any parallel region and threads itself.
  *
  * Backward, over the same chunks of output pixels and the same scratch:
  *   dW [OC, C*K*K] += dout [OC, P] @ col [C*K*K, P]^T   (col = conv2d_im2col again; the

@@ -80,7 +80,7 @@ static int pack_alloc(void)
 static int have_avx512(void)
 {
     static int have = -1;
-    if (have < 0) have = __builtin_cpu_supports("avx512f"); /* same value from any thread */
+    if (have < 0) have = __builtin_cpu_supports("avx512f") != 0; /* same value from any thread */
     return have;
 }
 

@@ -1,12 +1,12 @@
-/* Linear (fully connected) layer on OpenBLAS sgemm, forward and backward, and its LoRA.
+/* Linear (fully connected) layer on gemm (kernels/gemm.c), forward and backward, and its LoRA.
  * SPDX-License-Identifier: GPL-3.0-or-later */
 #include "kernels.h"
 
 #include <string.h>
 
 /* torch.nn.Linear: out [N, OC] = inp [N, IC] @ weight [OC, IC]^T + bias [OC].
- * The bias is broadcast into out first and sgemm accumulates onto it (beta = 1).
- * sgemm runs outside any OpenMP region; OpenBLAS threads it itself. */
+ * The bias is broadcast into out first and gemm accumulates onto it (beta = 1).
+ * gemm runs outside any OpenMP region and threads itself. */
 void linear_forward(float *out, const float *inp, const float *weight, const float *bias, size_t N,
                     size_t IC, size_t OC)
 {

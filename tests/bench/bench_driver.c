@@ -5,8 +5,9 @@
  *                [--weight-cache auto|none|all]
  *
  * MODE: unet (latent H x W), vae-decode (latent H x W), vae-encode (image H x W),
- * text-encoder (B x 77 ids), sgemm (H x H x H cblas_sgemm), train-step (LoRA step, latent
- * H x W).
+ * text-encoder (B x 77 ids), sgemm (H x H x H cblas_sgemm), gemm (the same product through the
+ * kernels' gemm: its AVX-512 kernel where the CPU has one, else OpenBLAS), train-step (LoRA
+ * step, latent H x W).
  * Inputs are filled by bench_fill() (splitmix64 of seed << 32 | index, to [-1, 1)), which
  * tests/bench/torch_side.py reproduces, so --dump (raw float32 of the last call's outputs,
  * in order) can be compared with PyTorch. Prints one JSON line on stdout: open_s (model open),
@@ -14,7 +15,8 @@
  * setup: model open excluded), cpu_times (CPU seconds per call), median_s, maxrss_kib
  * (getrusage: whole process peak), status ("ok", "unimplemented" or "error" with "error").
  * Exit status 0 unless an error.
- * sgemm adds blas_core (openblas_get_corename: the kernels OpenBLAS chose, or OPENBLAS_CORETYPE's).
+ * sgemm adds blas_core (openblas_get_corename: the kernels OpenBLAS chose, or OPENBLAS_CORETYPE's);
+ * gemm adds gemm_fast (1: gemm's own kernel ran, 0: it handed the product to OpenBLAS).
  * unet adds unet_cache_weights / unet_cache_bytes: the fp32 weight copies db_unet_forward made
  * under --weight-cache (DbWeightCache of the model options; default auto).
  * train-step adds ckpt_budget_mib (the activation budget of unet_train_new), steps, kept_steps
@@ -38,6 +40,7 @@
 #include <time.h>
 
 #include "dreambooth.h"
+#include "kernels.h"
 #include "optim.h"
 #include "train_params.h"
 #include "unet.h"
@@ -196,6 +199,13 @@ static DbStatus sgemm_run(Bench *b, DbError *err)
     return DB_OK;
 }
 
+static DbStatus gemm_run(Bench *b, DbError *err)
+{
+    gemm(0, 0, (size_t)b->h, (size_t)b->h, (size_t)b->h, 1.0f, b->in[0], (size_t)b->h, b->in[1],
+         (size_t)b->h, 0.0f, b->out[0], (size_t)b->h);
+    return DB_OK;
+}
+
 /* train-step: one LoRA step (rank --rank on attention q/k/v/out, alpha = rank, batch B,
  * latent h x w, MSE on the eps prediction, AdamW lr 1e-4, weight decay 1e-2): setup builds the
  * trainer state and the fixed batch (latents seed 1, noise seed 8, context seed 2, timesteps
@@ -310,6 +320,7 @@ static const Mode modes[] = {
     {"vae-encode", 1, vae_encode_setup, vae_encode_run},
     {"text-encoder", 1, text_setup, text_run},
     {"sgemm", 0, sgemm_setup, sgemm_run},
+    {"gemm", 0, sgemm_setup, gemm_run},
     {"train-step", 1, train_setup, train_run},
 };
 
@@ -380,7 +391,7 @@ static DbStatus dump_outputs(const Bench *b, DbError *err)
 
 static int usage(void)
 {
-    fprintf(stderr, "usage: bench_driver unet|vae-decode|vae-encode|text-encoder|sgemm|train-step "
+    fprintf(stderr, "usage: bench_driver unet|vae-decode|vae-encode|text-encoder|sgemm|gemm|train-step "
                     "[--model DIR] [--batch B] [--size H[xW]] [--reps N] [--warmup N] "
                     "[--threads T] [--rank R] [--ckpt-budget MIB|none] [--dump FILE] "
                     "[--weight-cache auto|none|all]\n");
@@ -457,6 +468,8 @@ int main(int argc, char **argv)
     if (st != DB_OK) status = "error";
     if (st == DB_OK && !strcmp(mode->name, "sgemm"))
         snprintf(b.extra, sizeof b.extra, ", \"blas_core\": \"%s\"", openblas_get_corename());
+    if (st == DB_OK && !strcmp(mode->name, "gemm"))
+        snprintf(b.extra, sizeof b.extra, ", \"gemm_fast\": %d", gemm_fast_available());
     if (st == DB_OK && !strcmp(mode->name, "unet")) {
         int n_cached;
         size_t bytes;
