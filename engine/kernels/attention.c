@@ -159,6 +159,12 @@ ATT_COLS_DEFINE(att_gemm_cols, att_mk)
 ATT_COLS_DEFINE(att_gemm_cols16, att_mk16)
 #endif
 
+/* Vectors in the next column block when nv remain: 3, but 2 + 2 rather than 3 + 1. */
+ATT_INLINE size_t att_block_vectors(size_t nv)
+{
+    return nv >= 3 && nv != 4 ? 3 : nv >= 2 ? 2 : 1;
+}
+
 ATT_INLINE void att_gemm_impl(float *c, size_t ldc, const float *a, size_t ars, size_t aks,
                               const float *b, size_t ldb, size_t M, size_t N, size_t K, int mode,
                               float *rs, int w16)
@@ -166,37 +172,25 @@ ATT_INLINE void att_gemm_impl(float *c, size_t ldc, const float *a, size_t ars, 
     size_t j = 0;
 #ifdef ATT_HAVE_VEC
 #define ATT_RS(j) (mode >= 3 ? rs + (j) : rs)
-    /* AVX-512: blocks of 6 rows x 3 vectors of 16 (18 accumulators), ending in 2 + 2 */
-    for (size_t nv = w16 ? N / 16 : 0; nv > 0;) {
-        if (nv >= 3 && nv != 4) {
+    /* blocks of 3 vectors, ending in 2 + 2 rather than 3 + 1: AVX-512 first, 6 rows x 3
+     * vectors of 16 (18 accumulators), then (and without AVX-512) 4 rows x 3 vectors of 8 */
+    for (size_t nv = w16 ? N / 16 : 0, take; nv > 0; j += 16 * take, nv -= take) {
+        take = att_block_vectors(nv);
+        if (take == 3)
             att_gemm_cols16(6, 3, c + j, ldc, a, ars, aks, b + j, ldb, M, K, mode, ATT_RS(j));
-            j += 48;
-            nv -= 3;
-        } else if (nv >= 2) {
+        else if (take == 2)
             att_gemm_cols16(6, 2, c + j, ldc, a, ars, aks, b + j, ldb, M, K, mode, ATT_RS(j));
-            j += 32;
-            nv -= 2;
-        } else {
+        else
             att_gemm_cols16(6, 1, c + j, ldc, a, ars, aks, b + j, ldb, M, K, mode, ATT_RS(j));
-            j += 16;
-            nv -= 1;
-        }
     }
-    /* blocks of 3 vectors (12 accumulators), ending in 2 + 2 rather than 3 + 1 */
-    for (size_t nv = (N - j) / 8; nv > 0;) {
-        if (nv >= 3 && nv != 4) {
+    for (size_t nv = (N - j) / 8, take; nv > 0; j += 8 * take, nv -= take) {
+        take = att_block_vectors(nv);
+        if (take == 3)
             att_gemm_cols(4, 3, c + j, ldc, a, ars, aks, b + j, ldb, M, K, mode, ATT_RS(j));
-            j += 24;
-            nv -= 3;
-        } else if (nv >= 2) {
+        else if (take == 2)
             att_gemm_cols(4, 2, c + j, ldc, a, ars, aks, b + j, ldb, M, K, mode, ATT_RS(j));
-            j += 16;
-            nv -= 2;
-        } else {
+        else
             att_gemm_cols(4, 1, c + j, ldc, a, ars, aks, b + j, ldb, M, K, mode, ATT_RS(j));
-            j += 8;
-            nv -= 1;
-        }
     }
 #undef ATT_RS
 #endif
