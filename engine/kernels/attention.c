@@ -389,28 +389,20 @@ ATT_INLINE void att_fwd_body(float *oh, float *lseh, const float *qh, const floa
 typedef void (*AttFwdFn)(float *, float *, const float *, const float *, const float *, size_t,
                          size_t, size_t, size_t, size_t, float, int);
 
-static void att_fwd_generic(float *oh, float *lseh, const float *qh, const float *kh,
-                            const float *vh, size_t ld, size_t q0, size_t bq, size_t Nk, size_t D,
-                            float scale, int causal)
-{
-    att_fwd_body(oh, lseh, qh, kh, vh, ld, q0, bq, Nk, D, scale, causal, 0);
-}
-
+/* One clone of the forward per ISA: att_fwd_body with the GEMM of that ISA (wide). */
+#define ATT_FWD_CLONE(sfx, attr, wide)                                                         \
+    attr static void att_fwd_##sfx(float *oh, float *lseh, const float *qh, const float *kh,    \
+                                   const float *vh, size_t ld, size_t q0, size_t bq, size_t Nk, \
+                                   size_t D, float scale, int causal)                          \
+    {                                                                                          \
+        att_fwd_body(oh, lseh, qh, kh, vh, ld, q0, bq, Nk, D, scale, causal, wide);            \
+    }
+ATT_FWD_CLONE(generic, , 0)
 #ifdef ATT_HAVE_AVX2
-ATT_AVX2 static void att_fwd_avx2(float *oh, float *lseh, const float *qh, const float *kh,
-                                  const float *vh, size_t ld, size_t q0, size_t bq, size_t Nk,
-                                  size_t D, float scale, int causal)
-{
-    att_fwd_body(oh, lseh, qh, kh, vh, ld, q0, bq, Nk, D, scale, causal, 1);
-}
+ATT_FWD_CLONE(avx2, ATT_AVX2, 1)
 #endif
 #ifdef ATT_HAVE_AVX512
-ATT_AVX512 static void att_fwd_avx512(float *oh, float *lseh, const float *qh, const float *kh,
-                                      const float *vh, size_t ld, size_t q0, size_t bq,
-                                      size_t Nk, size_t D, float scale, int causal)
-{
-    att_fwd_body(oh, lseh, qh, kh, vh, ld, q0, bq, Nk, D, scale, causal, 2);
-}
+ATT_FWD_CLONE(avx512, ATT_AVX512, 2)
 #endif
 
 #ifdef ATT_HAVE_AVX2
@@ -630,36 +622,23 @@ typedef void (*AttBwdFn)(float *, float *, float *, const float *, const float *
                          const float *, const float *, const float *, size_t, size_t, size_t,
                          size_t, float, int, int, size_t);
 
-static void att_bwd_generic(float *dqh, float *dkh, float *dvh, const float *lseh, const float *qh,
-                            const float *kh, const float *vh, const float *oh, const float *doh,
-                            size_t ld, size_t Nq, size_t Nk, size_t D, float scale, int causal,
-                            int mode, size_t tile)
-{
-    att_bwd_body(dqh, dkh, dvh, lseh, qh, kh, vh, oh, doh, ld, Nq, Nk, D, scale, causal, mode, tile,
-                 0);
-}
-
+/* One clone of the backward per ISA, as ATT_FWD_CLONE. */
+#define ATT_BWD_CLONE(sfx, attr, wide)                                                         \
+    attr static void att_bwd_##sfx(float *dqh, float *dkh, float *dvh, const float *lseh,      \
+                                   const float *qh, const float *kh, const float *vh,          \
+                                   const float *oh, const float *doh, size_t ld, size_t Nq,    \
+                                   size_t Nk, size_t D, float scale, int causal, int mode,     \
+                                   size_t tile)                                                \
+    {                                                                                          \
+        att_bwd_body(dqh, dkh, dvh, lseh, qh, kh, vh, oh, doh, ld, Nq, Nk, D, scale, causal,   \
+                     mode, tile, wide);                                                        \
+    }
+ATT_BWD_CLONE(generic, , 0)
 #ifdef ATT_HAVE_AVX2
-ATT_AVX2 static void att_bwd_avx2(float *dqh, float *dkh, float *dvh, const float *lseh,
-                                  const float *qh, const float *kh, const float *vh,
-                                  const float *oh, const float *doh, size_t ld, size_t Nq,
-                                  size_t Nk, size_t D, float scale, int causal, int mode,
-                                  size_t tile)
-{
-    att_bwd_body(dqh, dkh, dvh, lseh, qh, kh, vh, oh, doh, ld, Nq, Nk, D, scale, causal, mode, tile,
-                 1);
-}
+ATT_BWD_CLONE(avx2, ATT_AVX2, 1)
 #endif
 #ifdef ATT_HAVE_AVX512
-ATT_AVX512 static void att_bwd_avx512(float *dqh, float *dkh, float *dvh, const float *lseh,
-                                      const float *qh, const float *kh, const float *vh,
-                                      const float *oh, const float *doh, size_t ld, size_t Nq,
-                                      size_t Nk, size_t D, float scale, int causal, int mode,
-                                      size_t tile)
-{
-    att_bwd_body(dqh, dkh, dvh, lseh, qh, kh, vh, oh, doh, ld, Nq, Nk, D, scale, causal, mode, tile,
-                 2);
-}
+ATT_BWD_CLONE(avx512, ATT_AVX512, 2)
 #endif
 
 void attention_backward(float *dq, float *dk, float *dv, const float *out, const float *lse,

@@ -46,14 +46,15 @@ static inline size_t gemm_pa_at(GemmPa L, size_t K, size_t i, size_t k)
     size_t k0 = k - k % L.kc, kcs = K - k0 < L.kc ? K - k0 : L.kc;
     return k0 * L.mpad + (i / L.mr) * kcs * L.mr + (k - k0) * L.mr + i % L.mr;
 }
-/* Zero the padding rows (M .. mpad-1) of a packed operand before it is filled. */
+/* Zero the padding rows (M .. mpad-1) of a packed operand. They never reach C; zeroed, the
+ * kernel multiplies no leftover scratch (NaN, denormals) into them. */
 void gemm_pa_clear_pad(float *PA, GemmPa L, size_t M, size_t K);
 /* C [M, N] = alpha * A @ B [K, N] + beta * C with A packed in layout L (from gemm_pa_layout for
  * the same M, K). Call it from outside any OpenMP parallel region. */
 void gemm_pa(const float *PA, GemmPa L, size_t M, size_t N, size_t K, float alpha, const float *B,
              size_t ldb, float beta, float *C, size_t ldc);
 
-/* out [N, OC] = inp [N, IC] @ weight [OC, IC]^T + bias [OC] (bias may be NULL). sgemm. */
+/* out [N, OC] = inp [N, IC] @ weight [OC, IC]^T + bias [OC] (bias may be NULL). gemm. */
 void linear_forward(float *out, const float *inp, const float *weight, const float *bias, size_t N,
                     size_t IC, size_t OC);
 
@@ -80,7 +81,7 @@ void silu_backward(float *dinp, const float *dout, const float *inp, size_t n);
 void residual_backward(float *dinp, const float *dout, size_t n);
 
 /* linear: dinp [N, IC] += dout [N, OC] @ weight [OC, IC]; dweight [OC, IC] += dout^T @ inp;
- * dbias [OC] += sum_n dout. Each of dinp, dweight, dbias may be NULL. sgemm. */
+ * dbias [OC] += sum_n dout. Each of dinp, dweight, dbias may be NULL. gemm. */
 void linear_backward(float *dinp, float *dweight, float *dbias, const float *dout, const float *inp,
                      const float *weight, size_t N, size_t IC, size_t OC);
 

@@ -469,9 +469,9 @@ static size_t wino_rows_groups(size_t m, size_t groups, size_t N, size_t C, size
                                size_t OW, size_t scratch_floats)
 {
     size_t X = (m + 2) * (m + 2), TH = (OH + m - 1) / m, TW = (OW + m - 1) / m, u, per, rows;
-    size_t S; /* one point's U, packed as gemm_pa takes it (OC rounded up to whole panels) */
-    if (__builtin_mul_overflow(OC + 16, C, &S)) return 0;
-    S = gemm_pa_floats(gemm_pa_layout(OC, C), OC, C);
+    GemmPa L = gemm_pa_layout(OC, C); /* one point's U as gemm_pa takes it: S floats */
+    size_t S;
+    if (__builtin_mul_overflow(L.mr ? L.mpad : OC, C, &S)) return 0;
     if (__builtin_mul_overflow(X / groups, S, &u) || u >= scratch_floats ||
         __builtin_mul_overflow(X * (C + OC), TW, &per) || per == 0 ||
         __builtin_mul_overflow(N, TH, &rows))
